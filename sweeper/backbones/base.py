@@ -1,0 +1,139 @@
+"""The backbone protocol: a pretrained network as stem → ordered blocks → neck, plus a new head.
+
+Training code only sees `BlockModel`; each model family is one small `Family` class that knows how
+to cut its network into these parts. Intermediate values travel as a *state*: a dict of tensors
+batched on dim 0 (``{"x": ...}`` for CNNs, hidden states plus attention mask for encoders), so any
+state can be cached and sliced like a dataset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+State = dict[str, torch.Tensor]
+
+
+class BlockModel(nn.Module):
+    """A backbone cut into blocks, input → output, and a linear head on its pooled features.
+
+    Args:
+        stem: maps the model inputs (a dict of tensors) to the first state; never trained.
+        blocks: the units that a study unfreezes from the top, input → output.
+        neck: maps the last state to a (batch, feature_dim) tensor; trains with the top block.
+        feature_dim: width of the neck's output.
+        num_classes: outputs of the new head.
+        compact: optional state → state that drops padding before a block runs (text).
+
+    Example:
+        >>> model = BlockModel(stem, [b1, b2], neck, feature_dim=64, num_classes=3)
+        >>> logits = model.forward_from(model.prefix(inputs, 1), 1)
+    """
+
+    def __init__(
+        self,
+        stem: nn.Module,
+        blocks: Sequence[nn.Module],
+        neck: nn.Module,
+        feature_dim: int,
+        num_classes: int,
+        compact: Callable[[State], State] | None = None,
+    ) -> None:
+        super().__init__()
+        self.stem = stem
+        self.blocks = nn.ModuleList(blocks)
+        self.neck = neck
+        self.feature_dim = feature_dim
+        self.head = nn.Linear(feature_dim, num_classes)
+        self._compact = compact or (lambda state: state)
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    def prefix(self, inputs: State, upto: int) -> State:
+        """The state entering block ``upto`` (stem, then blocks[:upto])."""
+        state = self.stem(inputs)
+        for block in self.blocks[:upto]:
+            state = block(self._compact(state))
+        return state
+
+    def forward_from(self, state: State, start: int, first_trainable: int | None = None) -> torch.Tensor:
+        """Logits from a state entering block ``start``.
+
+        Blocks below ``first_trainable`` run without autograd: they are frozen in this stage.
+        """
+        first_trainable = self.num_blocks if first_trainable is None else first_trainable
+        state = self._compact(state)
+        with torch.no_grad():
+            for block in self.blocks[start:first_trainable]:
+                state = block(state)
+        for block in self.blocks[max(start, first_trainable) :]:
+            state = block(state)
+        if first_trainable >= self.num_blocks:
+            with torch.no_grad():
+                features = self.neck(state)
+        else:
+            features = self.neck(state)
+        return self.head(features)
+
+    def forward(self, inputs: State) -> torch.Tensor:
+        return self.forward_from(self.stem(inputs), 0, first_trainable=0)
+
+
+class Family:
+    """One model family: recognises its networks and cuts them into a `BlockModel`.
+
+    A new family is one subclass registered with `register`; nothing else names architectures.
+    """
+
+    name: ClassVar[str]
+    input_kind: ClassVar[str] = "image"  # "image" | "text"
+
+    @classmethod
+    def matches(cls, module: nn.Module) -> bool:
+        raise NotImplementedError
+
+    @classmethod
+    def cut(cls, module: nn.Module, num_classes: int) -> BlockModel:
+        raise NotImplementedError
+
+
+FAMILIES: list[type[Family]] = []
+
+
+def register(family: type[Family]) -> type[Family]:
+    FAMILIES.append(family)
+    return family
+
+
+def family_of(module: nn.Module) -> type[Family]:
+    for family in FAMILIES:
+        if family.matches(module):
+            return family
+    known = ", ".join(f.name for f in FAMILIES)
+    raise LookupError(f"{type(module).__name__} is not a supported backbone; supported: {known}")
+
+
+def to_block_model(module: nn.Module, num_classes: int) -> BlockModel:
+    """Cut a pretrained network of any registered family into a `BlockModel` with a new head."""
+    return family_of(module).cut(module, num_classes)
+
+
+class TensorBlock(nn.Module):
+    """Wraps a tensor → tensor module as a state → state block."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, state: State) -> State:
+        return {"x": self.module(state["x"])}
+
+
+class ImageStem(TensorBlock):
+    def forward(self, inputs: State) -> State:  # type: ignore[override]
+        return {"x": self.module(inputs["pixel_values"])}

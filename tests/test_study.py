@@ -1,0 +1,128 @@
+"""A study end to end on real MiniLM, real words, a real SQLite study DB and a real MLflow store:
+the trial total, resume, a refused change of search space, pruning and failing trials."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from sweeper.errors import UserError
+from sweeper.runner import Options, prepare, run_study
+from sweeper.spec import load_spec
+from sweeper.study import FINISHED, make_pruner
+from sweeper.tracking import StudyTracker
+from sweeper.trial import StudyRuntime, make_objective
+from tests.conftest import write_spec
+
+
+def _options(workdir, tracking_uri, **extra) -> Options:
+    return Options(
+        storage=f"sqlite:///{workdir / 'sweeper.db'}",
+        tracking_uri=tracking_uri,
+        out=workdir / "reports",
+        **extra,
+    )
+
+
+def _study(workdir, name="tiny") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{workdir / 'sweeper.db'}")
+
+
+def test_study_runs_the_baselines_first_then_continues_to_the_total_without_duplicates(workdir, tracking_uri):
+    spec = write_spec(workdir)
+    run_study(spec, _options(workdir, tracking_uri, trials=2))
+    study = _study(workdir)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    # the enqueued baselines: pure feature extraction, then full fine-tuning
+    assert study.trials[0].params["unfrozen_blocks"] == 0
+    assert study.trials[1].params["unfrozen_blocks"] == 2
+
+    run_study(spec, _options(workdir, tracking_uri, trials=3))  # continue: one more trial
+    study = _study(workdir)
+    assert len(study.get_trials(states=FINISHED)) == 3
+    assert [t.number for t in study.trials] == [0, 1, 2]
+    assert (
+        sum("sweeper.baseline" in t.system_attrs or "sweeper.baseline" in t.user_attrs for t in study.trials)
+        == 2
+    )
+
+    run_study(spec, _options(workdir, tracking_uri, trials=3))  # budget reached: nothing runs
+    assert len(_study(workdir).trials) == 3
+    runs = MlflowClient(tracking_uri).search_runs(
+        [MlflowClient(tracking_uri).get_experiment_by_name("tiny").experiment_id],
+        filter_string="tags.`optuna.study` = 'tiny'",
+    )
+    assert sorted(int(r.data.tags["optuna.trial"]) for r in runs if "optuna.trial" in r.data.tags) == [
+        0,
+        1,
+        2,
+    ]
+
+
+def test_a_changed_search_space_is_refused_and_nothing_is_added(workdir, tracking_uri):
+    spec = write_spec(workdir)
+    run_study(spec, _options(workdir, tracking_uri, trials=1))
+    before = len(_study(workdir).trials)  # the finished FE baseline and the waiting FT baseline
+    changed = write_spec(workdir, search={"head_lr": [0.0001, 0.01]})
+    assert changed == spec  # same file, new content
+    with pytest.raises(UserError) as caught:
+        run_study(spec, _options(workdir, tracking_uri, trials=3))
+    assert "[search] head_lr was [0.001, 0.01], now [0.0001, 0.01]" in str(caught.value)
+    assert "new value" in str(caught.value)
+    assert len(_study(workdir).trials) == before
+
+
+def _runtime(workdir, tracking_uri, spec_path):
+    spec = load_spec(spec_path)
+    pretrained, data, splits = prepare(spec)
+    import torch
+
+    return StudyRuntime(
+        spec, pretrained, data, splits, torch.device("cpu"), StudyTracker(tracking_uri, spec.study.name)
+    )
+
+
+def test_a_pruned_trial_is_recorded_pruned_with_its_run_killed(workdir, tracking_uri):
+    runtime = _runtime(workdir, tracking_uri, write_spec(workdir, search={"head_epochs": 3}))
+    # accuracy never reaches 1.5: a real Optuna pruner stops the trial at its first report
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=1.5))
+    study.enqueue_trial({"unfrozen_blocks": 0})
+    study.optimize(make_objective(runtime), n_trials=1)
+    trial = study.trials[0]
+    assert trial.state == TrialState.PRUNED
+    assert "pruned after epoch 0" in trial.user_attrs["prune_reason"]
+    assert trial.intermediate_values.keys() == {0}
+    run = MlflowClient(tracking_uri).get_run(trial.user_attrs["mlflow_run_id"])
+    assert run.info.status == "KILLED" and run.data.tags["optuna.state"] == "PRUNED"
+
+
+def test_a_failing_trial_ends_failed_with_its_reason_and_the_study_goes_on(workdir, tracking_uri):
+    runtime = _runtime(workdir, tracking_uri, write_spec(workdir))
+    study = optuna.create_study(direction="maximize")
+    # an absurd learning rate makes the loss infinite: the trial fails, the next one runs
+    study.enqueue_trial({"unfrozen_blocks": 0, "head_lr": 1e30})
+    study.enqueue_trial({"unfrozen_blocks": 0, "head_lr": 0.005})
+    with pytest.warns(UserWarning):
+        study.optimize(make_objective(runtime), n_trials=2, catch=(Exception,))
+    failed, ok = study.trials
+    assert failed.state == TrialState.FAIL and ok.state == TrialState.COMPLETE
+    assert "NonFiniteLossError" in failed.user_attrs["fail_reason"]
+    client = MlflowClient(tracking_uri)
+    run = client.get_run(failed.user_attrs["mlflow_run_id"])
+    assert run.info.status == "FAILED"
+    assert "NonFiniteLossError" in run.data.tags["sweeper.reason"]
+    assert client.get_run(ok.user_attrs["mlflow_run_id"]).info.status == "FINISHED"
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("none", optuna.pruners.NopPruner),
+        ("median", optuna.pruners.MedianPruner),
+        ("hyperband", optuna.pruners.HyperbandPruner),
+    ],
+)
+def test_the_spec_pruner_setting_picks_the_optuna_pruner(tmp_path, name, kind):
+    assert isinstance(make_pruner(load_spec(write_spec(tmp_path, budget={"pruner": name}))), kind)

@@ -1,0 +1,94 @@
+"""MLflow records of a study: experiment, parent run, one child run per trial with its params,
+per-epoch metrics, stage boundaries, timing and tags; no run left RUNNING; secrets redacted."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+from sweeper.redact import redact
+from sweeper.runner import Options, run_study
+from sweeper.tracking import StudyTracker
+from tests.conftest import write_spec
+
+
+@pytest.fixture
+def finished_study(workdir, tracking_uri):
+    spec = write_spec(workdir)
+    storage = f"sqlite:///{workdir / 'sweeper.db'}"
+    run_study(spec, Options(storage=storage, tracking_uri=tracking_uri, trials=2, out=workdir / "reports"))
+    return optuna.load_study(study_name="tiny", storage=storage), MlflowClient(tracking_uri)
+
+
+def test_each_trial_is_a_child_run_with_params_metrics_and_tags(finished_study):
+    study, client = finished_study
+    experiment = client.get_experiment_by_name("tiny")
+    parent = client.search_runs([experiment.experiment_id], filter_string="tags.`sweeper.role` = 'study'")
+    assert len(parent) == 1
+    for trial in study.trials:
+        run = client.get_run(trial.user_attrs["mlflow_run_id"])
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["mlflow.parentRunId"] == parent[0].info.run_id
+        assert run.data.tags["optuna.study"] == "tiny"
+        assert run.data.tags["optuna.trial"] == str(trial.number)
+        assert run.data.tags["sweeper.strategy"] == trial.user_attrs["strategy"]
+        # MLflow params carry the Optuna parameter names, with the same values
+        assert {k: float(v) for k, v in run.data.params.items()} == pytest.approx(
+            {k: float(v) for k, v in trial.params.items()}
+        )
+        history = client.get_metric_history(run.info.run_id, "val_accuracy")
+        steps = sorted(m.step for m in history)
+        assert steps == list(range(len(trial.intermediate_values)))  # one per epoch, across stages
+        assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(
+            [trial.intermediate_values[s] for s in steps]
+        )
+        for key in ("train_loss", "train_accuracy", "val_loss", "val_macro_f1", "stage"):
+            assert key in run.data.metrics
+        assert run.data.metrics["wall_seconds"] >= run.data.metrics["device_seconds"] > 0
+        assert run.data.metrics["value"] == pytest.approx(trial.value)
+
+
+def test_stage_boundaries_are_recorded_per_epoch_and_as_a_tag(finished_study):
+    study, client = finished_study
+    fine_tuning = next(t for t in study.trials if t.params["unfrozen_blocks"] == 2)
+    run = client.get_run(fine_tuning.user_attrs["mlflow_run_id"])
+    stages = sorted(client.get_metric_history(run.info.run_id, "stage"), key=lambda m: m.step)
+    assert [int(m.value) for m in stages] == [0, 1, 2]  # head, + top block, + the next one
+    assert run.data.tags["sweeper.stage_starts"] == "0,1,2"
+
+
+def test_no_run_is_left_running(finished_study):
+    _, client = finished_study
+    experiment = client.get_experiment_by_name("tiny")
+    statuses = {r.info.status for r in client.search_runs([experiment.experiment_id])}
+    assert "RUNNING" not in statuses
+
+
+def test_the_study_report_is_an_artifact_of_the_parent_run(finished_study):
+    _, client = finished_study
+    experiment = client.get_experiment_by_name("tiny")
+    parent = client.search_runs([experiment.experiment_id], filter_string="tags.`sweeper.role` = 'study'")[0]
+    names = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert names == {"report/report.md", "report/report.html", "report/report.json"}
+    assert parent.data.params["study.name"] == "tiny"
+
+
+def test_a_second_tracker_finds_the_same_experiment_and_parent_run(tracking_uri):
+    first = StudyTracker(tracking_uri, "shared")
+    second = StudyTracker(tracking_uri, "shared")
+    assert first.experiment_id == second.experiment_id
+    assert first.parent_run_id == second.parent_run_id
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("postgresql+psycopg://bob:hunter2@db:5432/optuna", "postgresql+psycopg://bob:***@db:5432/optuna"),
+        ("http://u:p%40ss@mlflow:5000", "http://u:***@mlflow:5000"),
+        ("failed: postgresql://x:y@h/d?password=z", "failed: postgresql://x:***@h/d?password=***"),
+        ("sqlite:///sweeper.db", "sqlite:///sweeper.db"),
+    ],
+)
+def test_passwords_in_urls_are_redacted(text, shown):
+    assert redact(text) == shown
