@@ -193,10 +193,53 @@ class EncodedData(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
+    def lengths(self) -> torch.Tensor | None:
+        """Tokens per example (text), for batching like lengths together; None for images."""
+        return self._tokens["attention_mask"].sum(1) if self._tokens is not None else None
+
+    def fingerprint(self) -> str:
+        """A digest of what the model will see: the cache key's data part."""
+        from sweeper.cache import digest, tensor_digest
+
+        if self._tokens is not None:
+            return tensor_digest({**self._tokens, "labels": self.labels})
+        examples = [_example_identity(e) for e in self.raw.examples]
+        return digest(
+            {"examples": examples, "labels": self.labels.tolist(), "transform": repr(self._transform)}
+        )
+
+    @property
+    def random_augmentation(self) -> str | None:
+        """The name of a random transform in the preprocessing, if any: its output is not cacheable."""
+        return find_random_transform(self._transform)
+
     def __getitem__(self, i: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         if self._tokens is not None:
             return {k: v[i] for k, v in self._tokens.items()}, self.labels[i]
         return {"pixel_values": self._transform(_open_image(self.raw.examples[i]))}, self.labels[i]
+
+
+def _example_identity(example) -> str:
+    if isinstance(example, str):
+        stat = Path(example).stat()
+        return f"{example}|{stat.st_size}|{stat.st_mtime_ns}"
+    from sweeper.cache import tensor_digest
+
+    return tensor_digest({"x": example})
+
+
+def find_random_transform(transform) -> str | None:
+    """Random* transforms (crops, flips, jitter) anywhere in a torchvision pipeline."""
+    if transform is None:
+        return None
+    name = type(transform).__name__
+    if name.startswith("Random") or name in {"AutoAugment", "RandAugment", "TrivialAugmentWide", "AugMix"}:
+        return name
+    for child in getattr(transform, "transforms", []) or []:
+        found = find_random_transform(child)
+        if found:
+            return found
+    return None
 
 
 def _open_image(example):

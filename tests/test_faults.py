@@ -1,0 +1,111 @@
+"""Trial faults never stop a worker: a NaN loss, CUDA running out of memory in a training step and
+data that cannot be read each fail that one trial, with the reason on the trial and its MLflow run,
+and the worker's loop goes on to the next trial. Real model, real study DB, real MLflow store."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import optuna
+import pytest
+import torch
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+from torch import nn
+
+from sweeper.backbones import Pretrained
+from sweeper.data import EncodedData
+from sweeper.runner import prepare
+from sweeper.spec import load_spec
+from sweeper.storage import StudyLock, make_storage
+from sweeper.study import run_trials
+from sweeper.tracking import StudyTracker
+from sweeper.trial import StudyRuntime, make_objective
+from tests.conftest import write_spec
+
+
+class _OutOfMemoryHead(nn.Module):
+    """A head whose first training step raises the error CUDA raises when the GPU is full."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.linear = linear
+        self.out_features = linear.out_features
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return self.linear(features)
+
+
+class _FirstModelRunsOutOfMemory(Pretrained):
+    def build(self, num_classes: int):
+        model = super().build(num_classes)
+        if not getattr(self, "_built_one", False):
+            self._built_one = True
+            model.head = _OutOfMemoryHead(model.head)
+        return model
+
+
+class _FirstReadFails(EncodedData):
+    """The dataset as loaded, except that the first example read raises, as a file that is
+    truncated or gone from a network share would."""
+
+    def __init__(self, data: EncodedData) -> None:
+        self.__dict__.update(data.__dict__)
+        self._failed_once = False
+
+    def __getitem__(self, i: int):
+        if not self._failed_once:
+            self._failed_once = True
+            raise OSError("image file is truncated (5 bytes not processed)")
+        return super().__getitem__(i)
+
+
+def _runtime(workdir, tracking_uri, tiny_bert) -> StudyRuntime:
+    spec = load_spec(write_spec(workdir, model={"name": str(tiny_bert)}))
+    pretrained, data, splits = prepare(spec)
+    tracker = StudyTracker(tracking_uri, spec.study.name)
+    return StudyRuntime(spec, pretrained, data, splits, torch.device("cpu"), tracker)
+
+
+def _nan_loss(runtime: StudyRuntime, study: optuna.Study) -> str:
+    # an absurd learning rate makes the loss infinite after the first step
+    study.enqueue_trial({"unfrozen_blocks": 0, "head_lr": 1e30})
+    return "NonFiniteLossError: training loss is"
+
+
+def _out_of_memory(runtime: StudyRuntime, study: optuna.Study) -> str:
+    pretrained = runtime.pretrained
+    runtime.pretrained = _FirstModelRunsOutOfMemory(
+        **{f.name: getattr(pretrained, f.name) for f in dataclasses.fields(pretrained)}
+    )
+    return "OutOfMemoryError: CUDA out of memory"
+
+
+def _unreadable_data(runtime: StudyRuntime, study: optuna.Study) -> str:
+    runtime.data = _FirstReadFails(runtime.data)
+    return "OSError: image file is truncated"
+
+
+@pytest.mark.filterwarnings("ignore:Fixed parameter head_lr")  # the NaN case's absurd learning rate
+@pytest.mark.parametrize("fault", [_nan_loss, _out_of_memory, _unreadable_data], ids=lambda f: f.__name__[1:])
+def test_a_faulty_trial_fails_with_its_reason_and_the_worker_runs_the_next(
+    fault, workdir, tracking_uri, tiny_bert
+):
+    runtime = _runtime(workdir, tracking_uri, tiny_bert)
+    storage = make_storage(f"sqlite:///{workdir / 'sweeper.db'}")
+    study = optuna.create_study(study_name="tiny", storage=storage, direction="maximize")
+    reason = fault(runtime, study)
+
+    ran = run_trials(study, make_objective(runtime), 1, StudyLock(storage, "tiny"))
+
+    failed, after = study.trials
+    assert ran == 2 and after.state == TrialState.COMPLETE
+    assert failed.state == TrialState.FAIL
+    assert failed.user_attrs["fail_reason"].startswith(reason)
+    run = MlflowClient(tracking_uri).get_run(failed.user_attrs["mlflow_run_id"])
+    assert run.info.status == "FAILED"
+    assert run.data.tags["sweeper.reason"].startswith(reason)
+    if fault is _out_of_memory:  # and says how to make the next trials fit
+        assert "lower [train] batch_size" in failed.user_attrs["fail_reason"]

@@ -1,0 +1,141 @@
+"""The study DB for many workers: SQLite in WAL mode with a busy timeout (and refused on network
+filesystems), PostgreSQL with small pre-pinged pools, heartbeat settings, and the study lock that
+makes creating a study and claiming a trial atomic across processes."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from sweeper.errors import UserError
+from sweeper.storage import Heartbeat, StudyLock, check_sqlite_file, filesystem_type, make_storage
+from tests.conftest import write_spec
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def storage_url(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'sweeper.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+def test_sqlite_study_db_uses_wal_and_waits_for_the_write_lock(tmp_path):
+    storage = make_storage(f"sqlite:///{tmp_path / 'sweeper.db'}")
+    # WAL: readers never block the writer; the mode is stored in the file
+    with sqlite3.connect(tmp_path / "sweeper.db") as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    # each connection waits up to a minute for the write lock instead of failing 'database is locked'
+    with storage.engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == 60_000
+
+
+def test_postgresql_storage_survives_dropped_connections(postgres_url):
+    import psycopg
+
+    storage = make_storage(postgres_url)
+    assert storage.engine.pool.size() == 2  # many workers × small pools
+    assert storage.engine_kwargs["connect_args"] == {"connect_timeout": 10}
+    storage.create_new_study([optuna.study.StudyDirection.MAXIMIZE], "tiny")
+    # the server drops every connection (restart, idle timeout): pool_pre_ping reconnects
+    name = postgres_url.rpartition("/")[2]
+    with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+    assert [s.study_name for s in storage.get_all_studies()] == ["tiny"]
+
+
+def test_sqlite_on_a_network_filesystem_is_refused(tmp_path):
+    mounts = f"/dev/sda1 / ext4 rw 0 0\nserver:/export {tmp_path} nfs4 rw,relatime 0 0\n"
+    assert filesystem_type(tmp_path / "studies", mounts) == "nfs4"
+    assert filesystem_type(Path("/home"), mounts) == "ext4"
+    with pytest.raises(UserError) as caught:
+        check_sqlite_file(str(tmp_path / "sweeper.db"), "sqlite:///sweeper.db", mounts)
+    assert "network filesystem (nfs4)" in str(caught.value)
+    assert "postgresql+psycopg://" in str(caught.value)
+    # mount points with spaces are written with octal escapes
+    assert filesystem_type(Path("/mnt/my share/x"), "//nas/s /mnt/my\\040share cifs rw 0 0") == "cifs"
+
+
+def test_heartbeat_settings_default_to_minutes_and_come_from_the_environment(monkeypatch):
+    monkeypatch.delenv("SWEEPER_HEARTBEAT_INTERVAL", raising=False)
+    monkeypatch.delenv("SWEEPER_HEARTBEAT_GRACE", raising=False)
+    assert Heartbeat.from_env() == Heartbeat(interval=30, grace=120)
+    monkeypatch.setenv("SWEEPER_HEARTBEAT_INTERVAL", "1")
+    monkeypatch.setenv("SWEEPER_HEARTBEAT_GRACE", "4")
+    assert Heartbeat.from_env() == Heartbeat(interval=1, grace=4)
+    monkeypatch.setenv("SWEEPER_HEARTBEAT_GRACE", "1")  # a live worker would be taken for dead
+    with pytest.raises(UserError, match="must exceed"):
+        Heartbeat.from_env()
+    monkeypatch.setenv("SWEEPER_HEARTBEAT_GRACE", "soon")
+    with pytest.raises(UserError, match="whole number of seconds"):
+        Heartbeat.from_env()
+
+
+def _python(code: str, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+LOCK_THEN_REPORT = """
+import sys, time
+from sweeper.storage import StudyLock, make_storage
+lock = StudyLock(make_storage(sys.argv[1]), "tiny")
+print("ready", flush=True)
+with lock:
+    print(time.time(), flush=True)
+"""
+
+
+def test_the_study_lock_excludes_other_processes(storage_url):
+    lock = StudyLock(make_storage(storage_url), "tiny")
+    with lock:
+        other = _python(LOCK_THEN_REPORT, storage_url)
+        assert other.stdout.readline().strip() == "ready"
+        time.sleep(1.0)
+        released = time.time()
+    out, err = other.communicate(timeout=60)
+    assert other.returncode == 0, err
+    assert float(out) >= released  # it got the lock only once this process let go
+
+
+OPEN_TOGETHER = """
+import sys, time
+from pathlib import Path
+from sweeper.spec import load_spec
+from sweeper.storage import StudyLock, make_storage
+from sweeper.study import open_study
+spec, url, go = load_spec(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+storage = make_storage(url)
+while not go.exists():
+    time.sleep(0.01)
+open_study(spec, storage, StudyLock(storage, spec.study.name))
+"""
+
+
+def test_workers_creating_the_study_together_queue_the_baselines_once(tmp_path, storage_url):
+    spec = write_spec(tmp_path)
+    go = tmp_path / "go"
+    workers = [_python(OPEN_TOGETHER, str(spec), storage_url, str(go)) for _ in range(4)]
+    time.sleep(2.0)  # let them all reach the start line
+    go.touch()
+    for worker in workers:
+        _, err = worker.communicate(timeout=60)
+        assert worker.returncode == 0, err
+    study = optuna.load_study(study_name="tiny", storage=storage_url)
+    assert [t.state for t in study.trials] == [TrialState.WAITING] * 2
+    assert [t.system_attrs["fixed_params"]["unfrozen_blocks"] for t in study.trials] == [0, 2]

@@ -1,0 +1,248 @@
+"""Several worker processes share one study through a real study DB (PostgreSQL and SQLite): the
+study ends with exactly its total of finished trials, each once with its MLflow run, even when a
+worker is killed mid-trial; SIGTERM stops workers cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from sweeper.study import FINISHED
+from tests.conftest import write_spec
+
+REPO = Path(__file__).resolve().parents[1]
+RUN_STATUS_OF_STATE = {
+    TrialState.COMPLETE: "FINISHED",
+    TrialState.PRUNED: "KILLED",
+    TrialState.FAIL: "FAILED",
+}
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def storage_url(request, workdir) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{workdir / 'sweeper.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+def _spec(workdir: Path, tiny_bert: Path, trials: int, **search) -> Path:
+    return write_spec(workdir, model={"name": str(tiny_bert)}, budget={"trials": trials}, search=search)
+
+
+def _env(workdir: Path, storage: str, tracking: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",  # several workers share 2 cores
+        "SWEEPER_STORAGE": storage,
+        "MLFLOW_TRACKING_URI": tracking,
+        "SWEEPER_CACHE_DIR": str(workdir / "cache"),
+        # a dead worker's trial is failed after 4 s without heartbeats (users: 30 s / 120 s)
+        "SWEEPER_HEARTBEAT_INTERVAL": "1",
+        "SWEEPER_HEARTBEAT_GRACE": "4",
+    }
+
+
+def _sweeper(*args: str, env: dict[str, str], cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "sweeper", *args],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _finish(process: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
+    out, _ = process.communicate(timeout=timeout)
+    return process.returncode, out
+
+
+def _load(storage: str, name: str = "tiny", wait: float = 120) -> optuna.Study:
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return optuna.load_study(study_name=name, storage=storage)
+        except KeyError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def _assert_ends_exact(study: optuna.Study, tracking: str, total: int) -> None:
+    trials = study.get_trials()
+    # exactly the total, nothing left running, each trial once
+    assert sum(t.state in FINISHED for t in trials) == total
+    assert not [t.number for t in trials if t.state == TrialState.RUNNING]
+    # the baselines ran once each
+    for strategy in ("feature_extraction", "fine_tuning"):
+        ran = [t for t in trials if t.state in FINISHED and t.user_attrs.get("sweeper.baseline") == strategy]
+        assert len(ran) == 1, f"the {strategy} baseline finished {len(ran)} times"
+    # each trial has its own MLflow run, ended with the trial's state; no run is left RUNNING
+    client = MlflowClient(tracking)
+    experiment = client.get_experiment_by_name("tiny").experiment_id
+    runs = {r.info.run_id: r for r in client.search_runs([experiment], "tags.`optuna.trial` != ''")}
+    started = [t for t in trials if t.state != TrialState.WAITING]
+    assert sorted(r.data.tags["optuna.trial"] for r in runs.values()) == sorted(
+        str(t.number) for t in started
+    )
+    for trial in started:
+        run = runs[trial.user_attrs["mlflow_run_id"]]
+        assert run.data.tags["optuna.trial"] == str(trial.number)
+        assert run.info.status == RUN_STATUS_OF_STATE[trial.state], trial.number
+    parents = client.search_runs([experiment], "tags.`sweeper.role` = 'study'")
+    assert len(parents) == 1
+
+
+@pytest.mark.parametrize(
+    ("backend", "command"),
+    # on one machine: `study --workers 4` with the SQLite default, then the report;
+    # across machines: `worker` processes on PostgreSQL
+    [("sqlite", "study"), ("postgresql", "worker")],
+)
+def test_four_workers_run_one_study_to_exactly_its_total(
+    workdir, tracking_uri, tiny_bert, request, backend, command
+):
+    storage = (
+        request.getfixturevalue("postgres_url")
+        if backend == "postgresql"
+        else f"sqlite:///{workdir / 'sweeper.db'}"
+    )
+    spec = _spec(workdir, tiny_bert, trials=8)
+    # trust auth ignores the password: it only has to stay out of every output and record
+    shown_storage = storage.replace("postgres@", "postgres:hunter2@")
+    env = _env(workdir, shown_storage, tracking_uri)
+    code, out = _finish(_sweeper(command, str(spec), "--workers", "4", env=env, cwd=workdir))
+    assert code == 0, out[-3000:]
+    assert "4 workers" in out
+    assert "decision:" in out if command == "study" else "holds 8/8 finished trials" in out
+
+    study = _load(storage)
+    _assert_ends_exact(study, tracking_uri, total=8)
+    assert len({t.user_attrs["worker"] for t in study.trials}) >= 2  # they shared the work
+    assert "hunter2" not in out
+    client = MlflowClient(tracking_uri)
+    for run in client.search_runs([client.get_experiment_by_name("tiny").experiment_id]):
+        assert "hunter2" not in str(run.data.params) + str(run.data.tags)
+
+
+def _kill_one_mid_trial(study: optuna.Study, workers: list[subprocess.Popen]) -> tuple[int, int]:
+    """SIGKILL a worker while it runs a trial (whose MLflow run has started); returns the worker's
+    index and the trial number. SIGSTOP first, so that the trial cannot end between look and kill."""
+    by_id = {f"{socket.gethostname()}:{w.pid}": i for i, w in enumerate(workers)}
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            index = by_id.get(trial.user_attrs.get("worker", ""))
+            if index is None or "mlflow_run_id" not in trial.user_attrs:
+                continue
+            workers[index].send_signal(signal.SIGSTOP)
+            if study.get_trials(deepcopy=False)[trial.number].state == TrialState.RUNNING:
+                workers[index].kill()
+                workers[index].wait()
+                return index, trial.number
+            workers[index].send_signal(signal.SIGCONT)
+        time.sleep(0.05)
+    raise AssertionError("no worker was ever seen mid-trial")
+
+
+def test_a_worker_killed_mid_trial_is_replaced_and_the_study_still_ends_exact(
+    workdir, tracking_uri, storage_url, tiny_bert
+):
+    spec = _spec(workdir, tiny_bert, trials=6)
+    env = _env(workdir, storage_url, tracking_uri)
+    workers = [_sweeper("worker", str(spec), "--workers", "1", env=env, cwd=workdir) for _ in range(2)]
+    try:
+        victim, number = _kill_one_mid_trial(_load(storage_url), workers)
+        for index, worker in enumerate(workers):
+            if index != victim:
+                code, out = _finish(worker)
+                assert code == 0, out[-3000:]
+    finally:
+        for worker in workers:
+            worker.kill()
+
+    study = _load(storage_url)
+    killed = study.trials[number]
+    assert killed.state == TrialState.FAIL
+    # another worker ran its parameters again
+    retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == number]
+    assert [t.state in FINISHED for t in retries] == [True]
+    assert retries[0].params == killed.params
+    assert retries[0].user_attrs["worker"] != killed.user_attrs["worker"]
+    _assert_ends_exact(study, tracking_uri, total=6)
+    run = MlflowClient(tracking_uri).get_run(killed.user_attrs["mlflow_run_id"])
+    assert run.info.status == "FAILED"
+    assert "heartbeats" in run.data.tags["sweeper.reason"]
+
+
+def test_sigterm_stops_the_study_and_its_workers_cleanly(workdir, tracking_uri, tiny_bert):
+    storage = f"sqlite:///{workdir / 'sweeper.db'}"
+    spec = _spec(workdir, tiny_bert, trials=50, head_epochs=3)
+    env = _env(workdir, storage, tracking_uri)
+    parent = _sweeper("study", str(spec), "--workers", "2", env=env, cwd=workdir)
+    try:
+        worker_pid, number = _freeze_a_worker_mid_trial(_load(storage), parent)
+        # as from Ctrl-C in a terminal: the signal reaches the workers and the parent
+        os.kill(worker_pid, signal.SIGTERM)
+        parent.send_signal(signal.SIGTERM)
+        os.kill(worker_pid, signal.SIGCONT)
+        code, out = _finish(parent, timeout=120)
+    finally:
+        parent.kill()
+    assert code == 128 + signal.SIGTERM, out[-3000:]
+    assert "interrupted" in out
+
+    trials = _load(storage).trials
+    assert not [t.number for t in trials if t.state == TrialState.RUNNING]
+    assert trials[number].state == TrialState.FAIL
+    assert "Interrupted: SIGTERM" in trials[number].user_attrs["fail_reason"]
+    client = MlflowClient(tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    assert not [r.info.run_id for r in runs if r.info.status == "RUNNING"]
+    # the other worker may have been stopped between trials, or mid-trial: its runs ended too
+    for trial in trials:
+        if trial.state == TrialState.FAIL and "mlflow_run_id" in trial.user_attrs:
+            run = client.get_run(trial.user_attrs["mlflow_run_id"])
+            assert run.info.status == "FAILED" and "SIGTERM" in run.data.tags["sweeper.reason"]
+
+
+def _freeze_a_worker_mid_trial(study: optuna.Study, parent: subprocess.Popen) -> tuple[int, int]:
+    """SIGSTOP a worker of ``parent`` while it trains (between its first and last epoch of at
+    least 3); returns its pid and the trial number."""
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and parent.poll() is None:
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if len(trial.intermediate_values) not in (1, 2):
+                continue
+            pid = int(trial.user_attrs["worker"].rpartition(":")[2])
+            os.kill(pid, signal.SIGSTOP)
+            if study.get_trials(deepcopy=False)[trial.number].state == TrialState.RUNNING:
+                return pid, trial.number
+            os.kill(pid, signal.SIGCONT)
+        time.sleep(0.05)
+    raise AssertionError("no worker was ever seen mid-trial")
+
+
+def test_worker_command_says_how_to_join_a_study():
+    result = subprocess.run(
+        [sys.executable, "-m", "sweeper", "worker", "--help"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert result.returncode == 0
+    for option in ("--workers", "--storage", "--tracking-uri", "--trials", "--device"):
+        assert option in result.stdout
