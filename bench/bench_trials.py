@@ -123,7 +123,7 @@ def bare_trial(runtime: StudyRuntime, config: TrialConfig) -> None:
     optimizer = make_optimizer(model, plan, config.head_lr, config.lr_ratio, 0.01)
     settings = TrainSettings(runtime.spec.train.batch_size, runtime.device)
     for stage in plan.stages:
-        start = stage.first_trainable if stage.first_trainable is not None else plan.num_blocks
+        start = plan.entry(stage)
         train = runtime.source(model, "train", start)
         val = runtime.source(model, "val", start)
         apply_stage(model, plan, stage)

@@ -24,6 +24,16 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _trial_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--trials",
+        type=_positive_int,
+        help="the study's total of finished trials (default: [budget] trials)",
+    )
+    parser.add_argument("--timeout", type=_positive_float, help="stop starting trials after S seconds")
+    parser.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+
+
 def _cache_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cache-dir",
@@ -59,13 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     study = commands.add_parser("study", help="run (or continue) a study up to its trial budget")
     study.add_argument("spec", nargs="?", type=Path, help="study spec (default: studies/vader-minilm.toml)")
-    study.add_argument(
-        "--trials",
-        type=_positive_int,
-        help="the study's total of finished trials (default: [budget] trials)",
-    )
-    study.add_argument("--timeout", type=_positive_float, help="stop starting trials after S seconds")
-    study.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    _trial_options(study)
     study.add_argument(
         "--workers",
         type=_positive_int,
@@ -88,13 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         help="worker processes on this machine (default: one per visible GPU, else 1)",
     )
-    worker.add_argument(
-        "--trials",
-        type=_positive_int,
-        help="the study's total of finished trials (default: [budget] trials)",
-    )
-    worker.add_argument("--timeout", type=_positive_float, help="stop starting trials after S seconds")
-    worker.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    _trial_options(worker)
     _cache_options(worker)
     _common(worker)
 

@@ -125,7 +125,7 @@ def run_once(runtime: StudyRuntime, config: TrialConfig, seed: int) -> dict:
 
     prefix_started = time.perf_counter()
     for stage in plan.stages:
-        sources_at(plan.num_blocks if stage.first_trainable is None else stage.first_trainable)
+        sources_at(plan.entry(stage))
     prefix_seconds = time.perf_counter() - prefix_started
     # before training (the model is still pretrained), outside the timed work
     meter = ForgettingMeter(runtime, model, plan) if plan.unfrozen_blocks else None

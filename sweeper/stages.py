@@ -33,6 +33,11 @@ class StagePlan:
         """The lowest block this plan ever trains: everything below it is a fixed function."""
         return self.num_blocks - self.unfrozen_blocks
 
+    def entry(self, stage: Stage) -> int:
+        """Where the stage's inputs enter: its lowest trainable block, or, for a head-only stage,
+        the pooled features (the neck trains with the top block, so here it is frozen too)."""
+        return stage.first_trainable if stage.first_trainable is not None else self.num_blocks + 1
+
     @property
     def total_epochs(self) -> int:
         return sum(stage.epochs for stage in self.stages)

@@ -140,7 +140,7 @@ def train_staged(
     generator = torch.Generator().manual_seed(settings.seed)
     results, epoch = [], 0
     for stage in plan.stages:
-        start = stage.first_trainable if stage.first_trainable is not None else plan.num_blocks
+        start = plan.entry(stage)
         train_data, val_data = sources_at(start)
         # unfreeze: flags and modes come from the plan, never from the previous stage
         apply_stage(model, plan, stage)

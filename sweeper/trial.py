@@ -189,7 +189,7 @@ def _train(
     torch.manual_seed(spec.study.seed * 100_003 + trial.number)
     model = _on_device(runtime.pretrained.build(runtime.num_classes), runtime)
     device_started = time.perf_counter()
-    for split in ("train", "val"):
+    for split in ("train", "val") if plan.unfrozen_blocks else ():
         # the lowest states first: the higher ones are then one block's work away
         runtime.source(model, split, plan.cut)
     optimizer = make_optimizer(model, plan, config.head_lr, config.lr_ratio, spec.train.weight_decay)

@@ -23,6 +23,8 @@ def test_stages_unfreeze_from_the_top_blocks_per_stage_at_a_time():
     assert plan.cut == 1  # the lowest block this plan ever trains
     assert plan.stage_starts == (0, 2, 3, 4)  # epochs are numbered across stages
     assert plan.total_epochs == 5
+    # head-only stage 0 starts from the pooled features, later stages from their lowest block
+    assert [plan.entry(s) for s in plan.stages] == [7, 4, 2, 1]
 
 
 def test_full_fine_tuning_reaches_every_block():

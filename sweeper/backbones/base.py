@@ -54,21 +54,32 @@ class BlockModel(nn.Module):
     def num_blocks(self) -> int:
         return len(self.blocks)
 
+    @property
+    def pooled(self) -> int:
+        """The position after the neck: a state there holds the pooled ``features``."""
+        return self.num_blocks + 1
+
     def prefix(self, inputs: State, upto: int) -> State:
-        """The state entering block ``upto`` (stem, then blocks[:upto])."""
+        """The state entering block ``upto`` (stem, then blocks[:upto]); ``pooled``: the features."""
         return self.run_blocks(self.stem(inputs), 0, upto)
 
     def run_blocks(self, state: State, start: int, stop: int) -> State:
         """Carry a state entering block ``start`` to the state entering block ``stop``."""
+        if start == self.pooled:
+            return state
         for block in self.blocks[start:stop]:
             state = block(self._compact(state))
+        if stop == self.pooled:
+            state = {"features": self.neck(self._compact(state))}
         return state
 
     def forward_from(self, state: State, start: int, first_trainable: int | None = None) -> torch.Tensor:
-        """Logits from a state entering block ``start``.
+        """Logits from a state entering block ``start`` (or from pooled features).
 
         Blocks below ``first_trainable`` run without autograd: they are frozen in this stage.
         """
+        if start == self.pooled:
+            return self.head(state["features"])
         first_trainable = self.num_blocks if first_trainable is None else first_trainable
         state = self._compact(state)
         with torch.no_grad():

@@ -152,3 +152,18 @@ def test_prefix_then_rest_equals_the_whole_forward(case):
         whole = model(inputs)
         split = model.forward_from(model.prefix(inputs, blocks // 2), blocks // 2)
     torch.testing.assert_close(whole, split, rtol=1e-4, atol=1e-5)
+
+
+def test_pooled_features_then_the_head_equal_the_whole_forward(case):
+    # head-only stages train on cached pooled features: that path must be the same function
+    module, _, blocks, kind = case
+    model = to_block_model(module, num_classes=3).eval()
+    inputs = _inputs(kind)
+    with torch.no_grad():
+        whole = model(inputs)
+        features = model.prefix(inputs, model.pooled)
+        from_features = model.forward_from(features, model.pooled)
+        carried = model.run_blocks(model.prefix(inputs, blocks), blocks, model.pooled)
+    assert set(features) == {"features"} and features["features"].shape == (4, model.feature_dim)
+    torch.testing.assert_close(whole, from_features, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(features["features"], carried["features"], rtol=1e-4, atol=1e-5)
