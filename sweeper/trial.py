@@ -217,7 +217,7 @@ def _train(
                 result.seconds,
             )
         trial.report(value, step=result.epoch)
-        prune = trial.should_prune()
+        prune = _may_be_pruned(plan, result) and trial.should_prune()
         timing["bookkeeping_seconds"] += time.perf_counter() - bookkeeping_started
         if prune:
             raise optuna.TrialPruned(f"pruned after epoch {result.epoch} with val_{metric} {value:.4f}")
@@ -235,6 +235,12 @@ def _train(
     finally:
         timing["device_seconds"] = time.perf_counter() - device_started
     return last["value"]
+
+
+def _may_be_pruned(plan: StagePlan, result: EpochResult) -> bool:
+    """A fine-tuning trial is not judged on its head-only stage: there it is only feature
+    extraction, and pruning it then would stop it before its first block unfreezes."""
+    return result.stage > 0 or plan.unfrozen_blocks == 0
 
 
 def _on_device(model, runtime: StudyRuntime):

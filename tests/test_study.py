@@ -98,6 +98,17 @@ def test_a_pruned_trial_is_recorded_pruned_with_its_run_killed(workdir, tracking
     assert run.info.status == "KILLED" and run.data.tags["optuna.state"] == "PRUNED"
 
 
+def test_a_fine_tuning_trial_is_not_pruned_before_its_first_block_unfreezes(workdir, tracking_uri):
+    runtime = _runtime(workdir, tracking_uri, write_spec(workdir, search={"head_epochs": 2}))
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=1.5))
+    study.enqueue_trial({"unfrozen_blocks": 2, "lr_ratio": 0.05, "stage_epochs": 1, "blocks_per_stage": 1})
+    study.optimize(make_objective(runtime), n_trials=1)
+    trial = study.trials[0]
+    assert trial.state == TrialState.PRUNED
+    # epochs 0 and 1 are the head-only stage; the first chance to prune is stage 1's first epoch
+    assert "pruned after epoch 2" in trial.user_attrs["prune_reason"]
+
+
 def test_a_failing_trial_ends_failed_with_its_reason_and_the_study_goes_on(workdir, tracking_uri):
     runtime = _runtime(workdir, tracking_uri, write_spec(workdir))
     study = optuna.create_study(direction="maximize")
