@@ -216,6 +216,8 @@ def fail_trials_of_workers(
         if reason is None:
             continue
         try:
+            # the reason first: once the trial is finished, Optuna takes no more attributes
+            study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
             study.tell(trial.number, state=TrialState.FAIL)
         except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
             continue  # it ended meanwhile
