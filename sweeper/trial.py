@@ -31,7 +31,6 @@ from sweeper.train import (
     TrainSettings,
     advance_states,
     compute_states,
-    evaluate,
     train_staged,
 )
 
@@ -274,8 +273,3 @@ def _end(runtime, trial, run: TrialRun, state: str, started: float, timing, valu
     run.end(state, metrics=metrics, reason=reason)
     if runtime.progress:
         runtime.progress.trial_ended(trial.number, state, value, reason if state == "FAIL" else "")
-
-
-def evaluate_model(runtime: StudyRuntime, model, split: str, cut: int) -> dict[str, float]:
-    settings = TrainSettings(runtime.spec.train.batch_size, runtime.device)
-    return evaluate(model, runtime.source(model, split, cut), settings)

@@ -112,6 +112,11 @@ def prepared(tmp_path_factory):
     return spec, *prepare(spec)
 
 
+def _runtime(prepared, tracker: StudyTracker, cache: PrefixCache | None) -> StudyRuntime:
+    spec, pretrained, data, splits = prepared
+    return StudyRuntime(spec, pretrained, data, splits, torch.device("cpu"), tracker, cache=cache)
+
+
 @pytest.mark.parametrize("blocks", [0, 1])
 def test_the_same_seed_gives_the_same_metric_with_and_without_the_cache(
     prepared, tmp_path, tracking_uri, blocks
@@ -120,15 +125,7 @@ def test_the_same_seed_gives_the_same_metric_with_and_without_the_cache(
     config = TrialConfig(blocks, 0.005, 2, *((0.1, 2, 1) if blocks else ()))
     values = {}
     for name, cache in (("cached", PrefixCache(tmp_path / "cache")), ("uncached", None)):
-        runtime = StudyRuntime(
-            spec,
-            pretrained,
-            data,
-            splits,
-            torch.device("cpu"),
-            StudyTracker(tracking_uri, spec.study.name),
-            cache=cache,
-        )
+        runtime = _runtime(prepared, StudyTracker(tracking_uri, spec.study.name), cache)
         study = optuna.create_study(direction="maximize")
         trial = study.ask()
         run_trial(runtime, trial, config)
@@ -142,15 +139,7 @@ def test_random_augmentation_turns_caching_off_and_says_so(prepared, tracking_ur
     from torchvision.transforms import v2
 
     spec, pretrained, data, splits = prepared
-    runtime = StudyRuntime(
-        spec,
-        pretrained,
-        data,
-        splits,
-        torch.device("cpu"),
-        StudyTracker(tracking_uri, "aug"),
-        cache=PrefixCache(None),
-    )
+    runtime = _runtime(prepared, StudyTracker(tracking_uri, "aug"), PrefixCache(None))
     data._transform = v2.Compose([v2.RandomHorizontalFlip(), v2.ToDtype(torch.float32)])
     try:
         with caplog.at_level(logging.WARNING):
