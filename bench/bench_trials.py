@@ -119,7 +119,7 @@ def _autocast(device):
 def bare_trial(runtime: StudyRuntime, config: TrialConfig) -> None:
     """sweeper's own training arithmetic with nothing around it: no Optuna, no MLflow, no progress."""
     plan = plan_for(config, runtime.pretrained.num_blocks)
-    model = runtime.pretrained.build(runtime.num_classes).to(runtime.device)
+    model = runtime.pretrained.build(runtime.num_classes, trainable_from=plan.cut).to(runtime.device)
     optimizer = make_optimizer(model, plan, config.head_lr, config.lr_ratio, 0.01)
     settings = TrainSettings(runtime.spec.train.batch_size, runtime.device)
     for stage in plan.stages:

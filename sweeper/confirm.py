@@ -116,7 +116,7 @@ def run_once(runtime: StudyRuntime, config: TrialConfig, seed: int) -> dict:
     plan = plan_for(config, runtime.pretrained.num_blocks)
     # seed i of both arms: the same head initialisation and batch order (paired runs)
     torch.manual_seed(spec.study.seed * 100_003 + SEED_OFFSET + seed)
-    model = runtime.pretrained.build(runtime.num_classes).to(runtime.device)
+    model = runtime.pretrained.build(runtime.num_classes, trainable_from=plan.cut).to(runtime.device)
     settings = TrainSettings(spec.train.batch_size, runtime.device, seed=SEED_OFFSET + seed)
     optimizer = make_optimizer(model, plan, config.head_lr, config.lr_ratio, spec.train.weight_decay)
 
@@ -189,7 +189,8 @@ def frozen_probe(study: optuna.Study, runtime: RuntimeFactory) -> dict:
         return cached
     rt = runtime()
     with torch.random.fork_rng(devices=[]):
-        model = rt.pretrained.build(rt.num_classes).to(rt.device)
+        model = rt.pretrained.build(rt.num_classes, trainable_from=rt.pretrained.num_blocks)
+        model.to(rt.device)
     batch, top = rt.spec.train.batch_size * 4, model.num_blocks
     started = time.perf_counter()
     train, val = rt.source(model, "train", top), rt.source(model, "val", top)

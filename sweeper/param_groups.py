@@ -24,9 +24,11 @@ def build_param_groups(model: BlockModel, plan: StagePlan, lr_ratio: float | Non
 def make_optimizer(
     model: BlockModel, plan: StagePlan, head_lr: float, lr_ratio: float | None, weight_decay: float
 ) -> torch.optim.Optimizer:
-    optimizer = torch.optim.AdamW(
-        build_param_groups(model, plan, lr_ratio), lr=head_lr, weight_decay=weight_decay
-    )
+    groups = build_param_groups(model, plan, lr_ratio)
+    params = [p for group in groups for p in group["params"]]
+    # one fused kernel per step instead of a loop over tensors: several times faster on CPU and GPU
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    optimizer = torch.optim.AdamW(groups, lr=head_lr, weight_decay=weight_decay, fused=fused or None)
     set_learning_rate(optimizer, head_lr)
     return optimizer
 

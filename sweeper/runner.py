@@ -179,6 +179,8 @@ def _run_here(opened: _OpenStudy, options: Options, console: Console) -> None:
     except KeyboardInterrupt as exc:
         _end_last_trial_here(opened, f"{type(exc).__name__}: {exc}")
         raise
+    finally:
+        opened.tracker.flush()
 
 
 def _end_last_trial_here(opened: _OpenStudy, reason: str) -> None:
@@ -189,6 +191,7 @@ def _end_last_trial_here(opened: _OpenStudy, reason: str) -> None:
     ]
     if not mine:
         return
+    opened.tracker.flush()  # the run of the last trial exists, and its writes are in
     fail_trials_of_workers(opened.study, {worker_id(): reason}, on_failed=None)
     opened.tracker.end_running_runs_of_trial(mine[-1].number, reason)
 

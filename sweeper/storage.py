@@ -1,8 +1,8 @@
 """The study database: an Optuna RDB storage fit for many workers, and a study-wide lock.
 
 PostgreSQL is the shared backend: any number of workers on any number of machines. SQLite serves
-one machine: its file is switched to WAL (readers never block the writer) and every connection
-waits up to a busy timeout for the write lock, so several local workers share it without
+one machine: its file is switched to WAL (readers never block the writer, commits wait for the
+disk only at checkpoints) and every connection waits up to a busy timeout for the write lock, so several local workers share it without
 'database is locked'. SQLite on a network filesystem is refused: its locks do not hold there.
 
 Every trial sends heartbeats; a trial whose worker stopped sending them (killed, machine lost) is
@@ -121,9 +121,12 @@ def make_storage(
     try:
         if backend == "sqlite":
             _use_wal_journal(parsed.database)
-        return _rdb_storage(
+        storage = _rdb_storage(
             url, _engine_kwargs(backend), heartbeat, _FailRunThenRetry(on_stale_trial, heartbeat)
         )
+        if backend == "sqlite":
+            _sync_at_checkpoints(storage.engine)
+        return storage
     except Exception as exc:
         first = redact(str(exc).strip().splitlines()[0]) if str(exc).strip() else type(exc).__name__
         raise UserError(f"storage URL {shown!r} is not reachable: {first}") from None
@@ -237,6 +240,18 @@ def _use_wal_journal(database: str) -> None:
             if "locked" not in str(exc) or attempt == 19:
                 raise
             time.sleep(0.1 * (attempt + 1))
+
+
+def _sync_at_checkpoints(engine: sqlalchemy.Engine) -> None:
+    """``synchronous=NORMAL``: in WAL mode a commit no longer waits for the disk, only checkpoints
+    do. The file stays consistent through a crash of any process; a power cut may lose the last
+    commits (trials then run again). It halves the time of Optuna's many small writes."""
+
+    @sqlalchemy.event.listens_for(engine, "connect")
+    def _normal(connection, _record) -> None:
+        connection.execute("PRAGMA synchronous=NORMAL")
+
+    engine.dispose()  # connections opened before the listener reconnect with it
 
 
 class StudyLock:

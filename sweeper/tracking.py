@@ -2,11 +2,21 @@
 
 The only module that imports mlflow. A trial's run opens when the trial starts (params first),
 logs one batch per epoch, and always ends: FINISHED (complete), KILLED (pruned) or FAILED.
+
+A trial's writes go, in order, through one background thread per tracker, so the trial never waits
+on the tracking store (each write is a database transaction or an HTTP call). ``flush`` waits for
+them; the study and worker loops flush before they return, and the interpreter drains the thread
+at exit. An MLflow error there is logged, never raised into the trial: the study is the record of
+the result, the run its mirror.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +28,12 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from sweeper.errors import UserError
 from sweeper.redact import redact
 
+log = logging.getLogger(__name__)
+
 ROLE_TAG = "sweeper.role"
+# epoch metrics wait at most this long before they are written: a trial of short epochs makes
+# one write at its end instead of one per epoch, a trial of long epochs still writes every epoch
+LOG_EVERY_SECONDS = 5.0
 STATUS_OF_STATE = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 
 
@@ -46,6 +61,19 @@ class StudyTracker:
                 f"MLflow tracking URI {redact(tracking_uri)} is not usable: {redact(str(exc))[:300]}"
             ) from None
         self._parent_run_id: str | None = None
+        self._writer: ThreadPoolExecutor | None = None  # one thread: the writes keep their order
+        self._writer_lock = threading.Lock()
+
+    def _submit(self, write: Callable[[], Any]) -> Future:
+        with self._writer_lock:
+            if self._writer is None:
+                self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweeper-mlflow")
+            return self._writer.submit(write)
+
+    def flush(self) -> None:
+        """Wait until every write submitted so far is done (or has failed and been logged)."""
+        if self._writer is not None:
+            self._submit(lambda: None).result()
 
     def _experiment_id(self) -> str:
         found = self.client.get_experiment_by_name(self.study_name)
@@ -86,24 +114,34 @@ class StudyTracker:
         if spec_file is not None:
             self.client.log_artifact(self.parent_run_id, str(spec_file), artifact_path="spec")
 
-    def start_trial(self, number: int, params: dict[str, Any], tags: dict[str, str]) -> TrialRun:
-        run = self.client.create_run(
-            self.experiment_id,
-            run_name=f"trial-{number:03d}",
-            tags={
-                MLFLOW_PARENT_RUN_ID: self.parent_run_id,
-                "optuna.study": self.study_name,
-                "optuna.trial": str(number),
-                **tags,
-            },
-        )
-        trial_run = TrialRun(self.client, run.info.run_id)
-        try:
-            self.client.log_batch(trial_run.run_id, params=[Param(k, str(v)) for k, v in params.items()])
-        except Exception:
-            trial_run.end("FAIL", reason="could not log the trial's params")
-            raise
-        return trial_run
+    def start_trial(
+        self,
+        number: int,
+        params: dict[str, Any],
+        tags: dict[str, str],
+        on_created: Callable[[str], None] | None = None,
+    ) -> TrialRun:
+        """Open trial ``number``'s run in the background; ``on_created(run_id)`` runs there once it
+        exists. The returned run takes writes at once: they follow the creation, in order."""
+        tags = {
+            MLFLOW_PARENT_RUN_ID: self.parent_run_id,
+            "optuna.study": self.study_name,
+            "optuna.trial": str(number),
+            **tags,
+        }
+
+        def create() -> str:
+            run_id = self.client.create_run(self.experiment_id, run_name=f"trial-{number:03d}", tags=tags).info.run_id
+            try:
+                if on_created is not None:
+                    on_created(run_id)
+                self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+            except Exception:
+                self.client.set_terminated(run_id, "FAILED")
+                raise
+            return run_id
+
+        return TrialRun(self.client, self._submit(create), self._submit)
 
     def end_running_runs_of_trial(self, number: int, reason: str) -> int:
         """End FAILED every run of trial ``number`` still RUNNING (its worker was stopped between
@@ -124,39 +162,92 @@ class StudyTracker:
 
 
 class TrialRun:
-    """One trial's MLflow run; ``end`` is idempotent so every exit path can call it."""
+    """One trial's MLflow run; ``end`` is idempotent so every exit path can call it.
 
-    def __init__(self, client: MlflowClient, run_id: str) -> None:
+    Args:
+        client: the MLflow client.
+        run_id: the run's id, or the future of it while the run is being created.
+        submit: where writes go (the tracker's background thread); ``None`` writes at once.
+    """
+
+    def __init__(
+        self,
+        client: MlflowClient,
+        run_id: str | Future,
+        submit: Callable[[Callable[[], Any]], Future] | None = None,
+    ) -> None:
         self.client = client
-        self.run_id = run_id
+        self._run_id = run_id
+        self._submit = submit
         self._ended = False
+        self._warned = False
+        self._pending: list[Metric] = []
+        self._written_at = time.monotonic()
+
+    def created(self) -> str | None:
+        """The run's id once it exists; ``None`` when it could not be created (already logged)."""
+        if isinstance(self._run_id, str):
+            return self._run_id
+        try:
+            return self._run_id.result()
+        except Exception as exc:
+            self._warn(exc)
+            return None
 
     def log_epoch(self, step: int, metrics: dict[str, float]) -> None:
+        """Record one epoch's metrics (with their time and step); they are written together with
+        the next ones when the last write was under ``LOG_EVERY_SECONDS`` ago."""
         now = int(time.time() * 1000)
-        self.client.log_batch(
-            self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()]
-        )
+        self._pending += [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        if time.monotonic() - self._written_at >= LOG_EVERY_SECONDS:
+            batch, self._pending = self._pending, []
+            self._written_at = time.monotonic()
+            self._write(lambda run_id: self.client.log_batch(run_id, metrics=batch))
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        self.client.log_batch(self.run_id, tags=[RunTag(k, redact(str(v))[:5000]) for k, v in tags.items()])
+        batch = [RunTag(k, redact(str(v))[:5000]) for k, v in tags.items()]
+        self._write(lambda run_id: self.client.log_batch(run_id, tags=batch))
 
     def end(self, state: str, metrics: dict[str, float] | None = None, reason: str | None = None) -> None:
         """End the run with the status that mirrors the Optuna trial state."""
         if self._ended:
             return
         self._ended = True
-        try:
-            now = int(time.time() * 1000)
-            tags = [RunTag("optuna.state", state)]
-            if reason:
-                tags.append(RunTag("sweeper.reason", redact(reason)[:5000]))
-            self.client.log_batch(
-                self.run_id,
-                metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
-                tags=tags,
-            )
-        finally:
-            self.client.set_terminated(self.run_id, STATUS_OF_STATE[state])
+        now = int(time.time() * 1000)
+        batch = self._pending + [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()]
+        self._pending = []
+        tags = [RunTag("optuna.state", state)]
+        if reason:
+            tags.append(RunTag("sweeper.reason", redact(reason)[:5000]))
+
+        def end(run_id: str) -> None:
+            try:
+                self.client.log_batch(run_id, metrics=batch, tags=tags)
+            finally:
+                self.client.set_terminated(run_id, STATUS_OF_STATE[state])
+
+        self._write(end)
+
+    def _write(self, write: Callable[[str], None]) -> None:
+        if self._submit is None:
+            write(self.created())
+            return
+
+        def in_order() -> None:
+            run_id = self.created()
+            if run_id is None:
+                return
+            try:
+                write(run_id)
+            except Exception as exc:
+                self._warn(exc)
+
+        self._submit(in_order)
+
+    def _warn(self, exc: Exception) -> None:
+        if not self._warned:
+            self._warned = True
+            log.warning("MLflow did not record a trial's run: %s", redact(str(exc))[:300])
 
 
 def mark_run_failed(tracking_uri: str, run_id: str, reason: str) -> bool:

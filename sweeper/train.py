@@ -49,6 +49,8 @@ class StateSource:
         self.start = start
         self.labels = labels
         self._states = _onto(states, device) if states is not None else None
+        # labels live beside the states, so that a batch is sliced where it is used
+        self._labels = labels.to(_home(self._states)) if self._states is not None else labels
         self._live = live  # (model, dataset, indices) for the uncached path
 
     def __len__(self) -> int:
@@ -62,13 +64,13 @@ class StateSource:
             if generator is not None
             else torch.arange(len(self))
         )
-        chunks = order.split(batch_size)
         if self._states is None:
-            yield from self._live_batches(chunks, device)
+            yield from self._live_batches(order.split(batch_size), device)
             return
-        for chunk in chunks:
-            state = {k: v[chunk.to(v.device)].to(device, non_blocking=True) for k, v in self._states.items()}
-            yield state, self.labels[chunk].to(device, non_blocking=True)
+        # one copy of the order per epoch, not one per batch: slicing then never waits on the GPU
+        for chunk in order.to(_home(self._states), non_blocking=True).split(batch_size):
+            state = {k: v[chunk].to(device, non_blocking=True) for k, v in self._states.items()}
+            yield state, self._labels[chunk].to(device, non_blocking=True)
 
     def _live_batches(self, chunks, device: torch.device):
         model, dataset, indices = self._live
@@ -99,6 +101,10 @@ def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     if device.type == "cuda" and tensor.dim() == 4:
         tensor = tensor.contiguous(memory_format=torch.channels_last)
     return tensor
+
+
+def _home(states: State) -> torch.device:
+    return next(iter(states.values())).device
 
 
 def _onto(states: State, device: torch.device | None) -> State:
@@ -160,38 +166,42 @@ def train_staged(
 
 
 def _train_one_epoch(model, optimizer, data: StateSource, settings, generator):
-    total_loss, correct, seen = 0.0, 0, 0
+    # nothing here waits for the GPU: losses and logits are summed up once, after the epoch
+    losses, sizes, logits_seen, labels_seen = [], [], [], []
     for state, labels in data.batches(settings.batch_size, settings.device, generator):
-        # forward
         with _autocast(settings.device):
             logits = model.forward_from(state, data.start, first_trainable=data.start)
             loss = F.cross_entropy(logits.float(), labels)
-        if not math.isfinite(loss.item()):
-            raise NonFiniteLossError(f"training loss is {loss.item()} after {seen} examples")
-        # backward, update
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        total_loss += loss.item() * len(labels)
-        correct += int((logits.argmax(1) == labels).sum())
-        seen += len(labels)
-    return {"loss": total_loss / seen, "accuracy": correct / seen}
+        losses.append(loss.detach())
+        sizes.append(len(labels))
+        logits_seen.append(logits.detach())
+        labels_seen.append(labels)
+    seen = sum(sizes)
+    total = float(torch.stack(losses) @ torch.tensor(sizes, dtype=torch.float32, device=losses[0].device))
+    if not math.isfinite(total):
+        # a NaN or inf in any batch carries into the sum; the trial fails at the epoch's end
+        raise NonFiniteLossError(f"training loss is {total} over an epoch of {seen} examples")
+    correct = int((torch.cat(logits_seen).argmax(1) == torch.cat(labels_seen)).sum())
+    return {"loss": total / seen, "accuracy": correct / seen}
 
 
 @torch.no_grad()
 def evaluate(model: BlockModel, data: StateSource, settings: TrainSettings) -> dict[str, float]:
     """Loss, accuracy and macro-F1 of the model on a split, in eval mode."""
     model.eval()
-    losses, predictions, labels_seen = [], [], []
+    logits_seen, labels_seen = [], []
     for state, labels in data.batches(settings.batch_size * 4, settings.device):
         with _autocast(settings.device):
-            logits = model.forward_from(state, data.start).float()
-        losses.append(F.cross_entropy(logits, labels, reduction="sum").item())
-        predictions.append(logits.argmax(1).cpu())
-        labels_seen.append(labels.cpu())
-    predicted, truth = torch.cat(predictions), torch.cat(labels_seen)
+            logits_seen.append(model.forward_from(state, data.start).float())
+        labels_seen.append(labels)
+    logits, labels = torch.cat(logits_seen), torch.cat(labels_seen)
+    loss = float(F.cross_entropy(logits, labels, reduction="sum"))
+    predicted, truth = logits.argmax(1).cpu(), labels.cpu()
     return {
-        "loss": sum(losses) / len(truth),
+        "loss": loss / len(truth),
         "accuracy": float((predicted == truth).float().mean()),
         "macro_f1": macro_f1(predicted, truth, num_classes=model.head.out_features),
     }

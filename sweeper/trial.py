@@ -53,6 +53,9 @@ class StudyRuntime:
     _told_uncached: bool = False
     _bytes_per_example: dict[int, float] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.pretrained.to(self.device)
+
     @property
     def num_classes(self) -> int:
         return len(self.data.raw.classes)
@@ -143,8 +146,9 @@ def run_trial(runtime: StudyRuntime, trial: optuna.Trial, config: TrialConfig) -
             "unfrozen_blocks": str(config.unfrozen_blocks),
             "sweeper.stage_starts": ",".join(map(str, plan.stage_starts)),
         },
+        # in the background, as soon as the run exists: a supervisor can end it if this worker dies
+        on_created=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id),
     )
-    trial.set_user_attr("mlflow_run_id", run.run_id)
     trial.set_user_attr("strategy", config.strategy)
     # Optuna and MLflow calls are the sweep's overhead: kept small, and measured
     timing["bookkeeping_seconds"] = time.perf_counter() - started
@@ -186,7 +190,7 @@ def _train(
 ) -> float:
     spec = runtime.spec
     torch.manual_seed(spec.study.seed * 100_003 + trial.number)
-    model = _on_device(runtime.pretrained.build(runtime.num_classes), runtime)
+    model = _on_device(runtime.pretrained.build(runtime.num_classes, trainable_from=plan.cut), runtime, plan)
     device_started = time.perf_counter()
     for split in ("train", "val") if plan.unfrozen_blocks else ():
         # the lowest states first: the higher ones are then one block's work away
@@ -242,12 +246,13 @@ def _may_be_pruned(plan: StagePlan, result: EpochResult) -> bool:
     return result.stage > 0 or plan.unfrozen_blocks == 0
 
 
-def _on_device(model, runtime: StudyRuntime):
+def _on_device(model, runtime: StudyRuntime, plan: StagePlan):
+    """The new parts to the device (the shared pretrained ones are there already)."""
     model = model.to(runtime.device)
     if runtime.device.type == "cuda" and runtime.pretrained.family.input_kind == "image":
         model = model.to(memory_format=torch.channels_last)
     if runtime.spec.train.compile:
-        for block in model.blocks:
+        for block in model.blocks[plan.cut :]:  # the copies this trial trains
             block.compile(dynamic=True)
     return model
 
@@ -263,6 +268,7 @@ def _epoch_metrics(result: EpochResult) -> dict[str, float]:
 def _end(runtime, trial, run: TrialRun, state: str, started: float, timing, value=None, reason="") -> None:
     timing["wall_seconds"] = time.perf_counter() - started
     timing.setdefault("device_seconds", 0.0)
+    run.created()  # its id is on the trial before the trial ends (usually long since)
     for key, seconds in timing.items():
         trial.set_user_attr(key, seconds)
     if reason:

@@ -177,3 +177,29 @@ def test_the_cli_caches_in_cache_dir_and_not_with_no_cache(workdir, tracking_uri
         == 0
     )
     assert not (workdir / "default").exists() or not list((workdir / "default").glob("*/*.safetensors"))
+
+
+def test_a_model_copies_only_the_blocks_it_may_train(prepared):
+    spec, pretrained, data, splits = prepared
+    original = pretrained.family.cut(pretrained.module, 3)
+    model = pretrained.build(3, trainable_from=4)
+    assert model.stem.embeddings is original.stem.embeddings
+    assert all(model.blocks[i].layer is original.blocks[i].layer for i in range(4))
+    assert all(model.blocks[i].layer is not original.blocks[i].layer for i in (4, 5))
+    copied = dict(model.blocks[5].named_parameters())
+    for name, weight in original.blocks[5].named_parameters():
+        assert torch.equal(copied[name], weight) and copied[name] is not weight
+
+
+def test_fine_tuning_trials_leave_the_shared_pretrained_weights_untouched(prepared, tracking_uri):
+    from sweeper.cache import tensor_digest
+
+    spec, pretrained, data, splits = prepared
+    before = tensor_digest(dict(pretrained.module.state_dict()))
+    runtime = _runtime(prepared, StudyTracker(tracking_uri, spec.study.name), PrefixCache(None))
+    study = optuna.create_study(direction="maximize")
+    for config in (TrialConfig(2, 0.005, 1, 0.5, 1, 1), TrialConfig(0, 0.005, 1)):
+        trial = study.ask()
+        study.tell(trial, run_trial(runtime, trial, config))
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    assert tensor_digest(dict(pretrained.module.state_dict())) == before

@@ -39,8 +39,8 @@ class _OutOfMemoryHead(nn.Module):
 
 
 class _FirstModelRunsOutOfMemory(Pretrained):
-    def build(self, num_classes: int):
-        model = super().build(num_classes)
+    def build(self, num_classes: int, trainable_from: int = 0):
+        model = super().build(num_classes, trainable_from)
         if not getattr(self, "_built_one", False):
             self._built_one = True
             model.head = _OutOfMemoryHead(model.head)

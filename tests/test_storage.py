@@ -37,6 +37,8 @@ def test_sqlite_study_db_uses_wal_and_waits_for_the_write_lock(tmp_path):
     # each connection waits up to a minute for the write lock instead of failing 'database is locked'
     with storage.engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == 60_000
+        # commits wait for the disk only at checkpoints (1 = NORMAL)
+        assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 1
 
 
 def test_postgresql_storage_survives_dropped_connections(postgres_url):

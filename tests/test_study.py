@@ -94,6 +94,7 @@ def test_a_pruned_trial_is_recorded_pruned_with_its_run_killed(workdir, tracking
     assert trial.state == TrialState.PRUNED
     assert "pruned after epoch 0" in trial.user_attrs["prune_reason"]
     assert trial.intermediate_values.keys() == {0}
+    runtime.tracker.flush()  # runs are written in the background
     run = MlflowClient(tracking_uri).get_run(trial.user_attrs["mlflow_run_id"])
     assert run.info.status == "KILLED" and run.data.tags["optuna.state"] == "PRUNED"
 
@@ -120,6 +121,7 @@ def test_a_failing_trial_ends_failed_with_its_reason_and_the_study_goes_on(workd
     failed, ok = study.trials
     assert failed.state == TrialState.FAIL and ok.state == TrialState.COMPLETE
     assert "NonFiniteLossError" in failed.user_attrs["fail_reason"]
+    runtime.tracker.flush()
     client = MlflowClient(tracking_uri)
     run = client.get_run(failed.user_attrs["mlflow_run_id"])
     assert run.info.status == "FAILED"

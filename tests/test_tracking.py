@@ -92,3 +92,57 @@ def test_a_second_tracker_finds_the_same_experiment_and_parent_run(tracking_uri)
 )
 def test_passwords_in_urls_are_redacted(text, shown):
     assert redact(text) == shown
+
+
+def _history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def test_short_epochs_are_written_with_the_end_of_the_run_each_at_its_step(tracking_uri):
+    tracker = StudyTracker(tracking_uri, "short")
+    created = []
+    run = tracker.start_trial(0, {"head_lr": 0.01}, {"sweeper.strategy": "x"}, on_created=created.append)
+    for epoch in range(3):
+        run.log_epoch(epoch, {"val_accuracy": 0.5 + epoch / 10})
+    run_id = run.created()
+    tracker.flush()
+    client = MlflowClient(tracking_uri)
+    assert created == [run_id]
+    assert client.get_run(run_id).data.params == {"head_lr": "0.01"}
+    assert _history(client, run_id, "val_accuracy") == []  # held back: the epochs took no time
+    run.end("COMPLETE", metrics={"value": 0.7})
+    tracker.flush()
+    finished = client.get_run(run_id)
+    assert finished.info.status == "FINISHED" and finished.data.metrics["value"] == 0.7
+    history = _history(client, run_id, "val_accuracy")
+    assert [step for step, _ in history] == [0, 1, 2]
+    assert [value for _, value in history] == pytest.approx([0.5, 0.6, 0.7])
+
+
+def test_long_epochs_are_written_as_they_end(tracking_uri, monkeypatch):
+    import sweeper.tracking
+
+    monkeypatch.setattr(sweeper.tracking, "LOG_EVERY_SECONDS", 0.0)  # every epoch is "long"
+    tracker = StudyTracker(tracking_uri, "long")
+    run = tracker.start_trial(0, {}, {})
+    run.log_epoch(0, {"val_accuracy": 0.5})
+    tracker.flush()
+    client = MlflowClient(tracking_uri)
+    assert _history(client, run.created(), "val_accuracy") == [(0, 0.5)]
+    assert client.get_run(run.created()).info.status == "RUNNING"
+    run.end("PRUNED", reason="pruned after epoch 0")
+    tracker.flush()
+    assert client.get_run(run.created()).info.status == "KILLED"
+
+
+def test_an_mlflow_error_in_the_background_is_logged_not_raised(tracking_uri, caplog):
+    tracker = StudyTracker(tracking_uri, "broken")
+    run = tracker.start_trial(0, {}, {})
+    client = MlflowClient(tracking_uri)
+    client.delete_run(run.created())  # MLflow refuses writes to a deleted run
+    with caplog.at_level("WARNING"):
+        run.log_epoch(0, {"val_accuracy": 0.5})
+        run.end("COMPLETE", metrics={"value": 0.5})
+        tracker.flush()
+    assert "MLflow did not record a trial's run" in caplog.text
+    assert caplog.text.count("did not record") == 1  # once per run, not once per write

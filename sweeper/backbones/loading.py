@@ -47,9 +47,29 @@ class Pretrained:
     def num_blocks(self) -> int:
         return self.family.cut(self.module, 2).num_blocks  # cut wraps, never copies or mutates
 
-    def build(self, num_classes: int) -> BlockModel:
-        """A fresh copy of the pretrained network, cut into blocks, with a new head."""
-        return self.family.cut(copy.deepcopy(self.module), num_classes)
+    def build(self, num_classes: int, trainable_from: int = 0) -> BlockModel:
+        """The pretrained network cut into blocks, with a new head, ready to train from block
+        ``trainable_from`` up.
+
+        The blocks from ``trainable_from`` up, and the neck (it trains with the top block), are
+        fresh copies. The stem and the blocks below are the pretrained modules themselves, shared
+        by every model built here: they are never trained, so a trial only pays to copy what it
+        trains (nothing but its new head, for feature extraction).
+        """
+        model = self.family.cut(self.module, num_classes)
+        if trainable_from < model.num_blocks:
+            for index in range(max(trainable_from, 0), model.num_blocks):
+                model.blocks[index] = copy.deepcopy(model.blocks[index])
+            model.neck = copy.deepcopy(model.neck)
+        return model
+
+    def to(self, device: torch.device) -> Pretrained:
+        """Move the pretrained weights to the training device once, so that each trial's copies
+        are made there (channels_last for CNNs on a GPU)."""
+        self.module.to(device)
+        if device.type == "cuda" and self.family.input_kind == "image":
+            self.module.to(memory_format=torch.channels_last)
+        return self
 
 
 def load_pretrained(
