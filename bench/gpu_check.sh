@@ -18,4 +18,4 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, transformers, optuna, mlflow; print('torch', torch.__version__, 'transformers', transformers.__version__, 'optuna', optuna.__version__, 'mlflow', mlflow.__version__)"
 spec=studies/vader-minilm.toml
 [ -f .gpu/vader-minilm-gpu.toml ] && spec=.gpu/vader-minilm-gpu.toml
-python3 bench/bench_trials.py --spec "$spec" --device cuda --bare --epochs 3 --tracking-uri "file:///tmp/sweeper-bench-mlruns" --json "${OUT:-/tmp}/gpu_bench.json"
+python3 bench/bench_trials.py --spec "$spec" --device cuda --epochs 3 --tracking-uri "file:///tmp/sweeper-bench-mlruns" --json "${OUT:-/tmp}/gpu_bench.json"

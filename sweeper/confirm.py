@@ -130,8 +130,9 @@ def run_once(runtime: StudyRuntime, config: TrialConfig, seed: int) -> dict:
     # before training (the model is still pretrained), outside the timed work
     meter = ForgettingMeter(runtime, model, plan) if plan.unfrozen_blocks else None
     train_started = time.perf_counter()
+    last = frozenset({plan.total_epochs - 1}) if meter is not None else frozenset()
     results = train_staged(
-        model, plan, optimizer, config.head_lr, sources_at, settings, on_epoch=lambda _result: None
+        model, plan, optimizer, config.head_lr, sources_at, settings, lambda _result: None, last
     )
     train_seconds = time.perf_counter() - train_started
     # the only place anything is scored on the test split
@@ -139,7 +140,7 @@ def run_once(runtime: StudyRuntime, config: TrialConfig, seed: int) -> dict:
     scores = evaluate(model, test, settings)
     predictions, losses = _per_example(model, test, settings)
     if meter is not None:
-        meter.measure(plan.stages[-1].index)
+        meter.measure(plan.stages[-1].index, results[-1].val_features)
     return {
         "strategy": config.strategy,
         "params": config.params(),

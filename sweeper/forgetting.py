@@ -29,8 +29,9 @@ class ForgettingMeter:
 
     Example:
         >>> meter = ForgettingMeter(runtime, model, plan)   # before training
+        >>> train_staged(..., features_at=meter.stage_ends)  # results there carry val_features
         >>> if meter.is_stage_end(result.epoch):
-        ...     run.log_epoch(result.stage, meter.measure(result.stage))  # step = stage
+        ...     run.log_epoch(result.stage, meter.measure(result.stage, result.val_features))
     """
 
     def __init__(self, runtime, model, plan: StagePlan) -> None:
@@ -48,14 +49,20 @@ class ForgettingMeter:
             self._reference = runtime.pretrained.family.cut(runtime.pretrained.module, runtime.num_classes)
         self._pretrained = _pretrained_features(runtime, model, self._batch)
 
+    @property
+    def stage_ends(self) -> frozenset[int]:
+        """The last epoch of each stage that trains backbone blocks (stage 0 only trains the head)."""
+        return frozenset(self._stage_ends)
+
     def is_stage_end(self, epoch: int) -> bool:
-        """The last epoch of a stage that trains backbone blocks (stage 0 only trains the head)."""
         return epoch in self._stage_ends
 
-    def measure(self, stage: int) -> dict[str, float]:
-        """The figures now, as MLflow metrics; also appended to ``history``."""
-        source = self.runtime.source(self.model, "val", self.plan.cut)
-        tuned = pooled_features(self.model, source, self._batch, self.runtime.device)
+    def measure(self, stage: int, tuned: torch.Tensor | None = None) -> dict[str, float]:
+        """The figures now, as MLflow metrics; also appended to ``history``. ``tuned``: the
+        model's pooled validation features, when the evaluation just computed them."""
+        if tuned is None:
+            source = self.runtime.source(self.model, "val", self.plan.cut)
+            tuned = pooled_features(self.model, source, self._batch, self.runtime.device)
         changes = {
             str(index): relative_weight_change(self.model.blocks[index], self._reference.blocks[index])
             for index in range(self.plan.cut, self.plan.num_blocks)

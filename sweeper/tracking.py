@@ -1,7 +1,8 @@
 """MLflow records: one experiment per study, a parent run per study, a child run per trial.
 
-The only module that imports mlflow. A trial's run opens when the trial starts (params first),
-logs one batch per epoch, and always ends: FINISHED (complete), KILLED (pruned) or FAILED.
+The only module that imports mlflow. A trial's run opens when the trial starts and always ends:
+FINISHED (complete), KILLED (pruned) or FAILED. Its params and epoch metrics are written in
+batches: at most one per epoch, and one at the end for all the epochs of a short trial.
 
 A trial's writes go, in order, through one background thread per tracker, so the trial never waits
 on the tracking store (each write is a database transaction or an HTTP call). ``flush`` waits for
@@ -131,17 +132,18 @@ class StudyTracker:
         }
 
         def create() -> str:
-            run_id = self.client.create_run(self.experiment_id, run_name=f"trial-{number:03d}", tags=tags).info.run_id
-            try:
-                if on_created is not None:
-                    on_created(run_id)
-                self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
-            except Exception:
-                self.client.set_terminated(run_id, "FAILED")
-                raise
-            return run_id
+            run = self.client.create_run(self.experiment_id, run_name=f"trial-{number:03d}", tags=tags)
+            if on_created is not None:
+                try:
+                    on_created(run.info.run_id)
+                except Exception:
+                    self.client.set_terminated(run.info.run_id, "FAILED")
+                    raise
+            return run.info.run_id
 
-        return TrialRun(self.client, self._submit(create), self._submit)
+        # the params go with the run's first write of metrics (at the latest, with its end)
+        pending = [Param(k, str(v)) for k, v in params.items()]
+        return TrialRun(self.client, self._submit(create), self._submit, params=pending)
 
     def end_running_runs_of_trial(self, number: int, reason: str) -> int:
         """End FAILED every run of trial ``number`` still RUNNING (its worker was stopped between
@@ -175,6 +177,7 @@ class TrialRun:
         client: MlflowClient,
         run_id: str | Future,
         submit: Callable[[Callable[[], Any]], Future] | None = None,
+        params: list[Param] | None = None,
     ) -> None:
         self.client = client
         self._run_id = run_id
@@ -182,6 +185,7 @@ class TrialRun:
         self._ended = False
         self._warned = False
         self._pending: list[Metric] = []
+        self._params = params or []
         self._written_at = time.monotonic()
 
     def created(self) -> str | None:
@@ -201,8 +205,9 @@ class TrialRun:
         self._pending += [Metric(k, float(v), now, step) for k, v in metrics.items()]
         if time.monotonic() - self._written_at >= LOG_EVERY_SECONDS:
             batch, self._pending = self._pending, []
+            params, self._params = self._params, []
             self._written_at = time.monotonic()
-            self._write(lambda run_id: self.client.log_batch(run_id, metrics=batch))
+            self._write(lambda run_id: self.client.log_batch(run_id, metrics=batch, params=params))
 
     def set_tags(self, tags: dict[str, str]) -> None:
         batch = [RunTag(k, redact(str(v))[:5000]) for k, v in tags.items()]
@@ -215,14 +220,14 @@ class TrialRun:
         self._ended = True
         now = int(time.time() * 1000)
         batch = self._pending + [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()]
-        self._pending = []
+        params, self._pending, self._params = self._params, [], []
         tags = [RunTag("optuna.state", state)]
         if reason:
             tags.append(RunTag("sweeper.reason", redact(reason)[:5000]))
 
         def end(run_id: str) -> None:
             try:
-                self.client.log_batch(run_id, metrics=batch, tags=tags)
+                self.client.log_batch(run_id, metrics=batch, params=params, tags=tags)
             finally:
                 self.client.set_terminated(run_id, STATUS_OF_STATE[state])
 

@@ -31,6 +31,7 @@ class EpochResult:
     train: dict[str, float]
     val: dict[str, float]
     seconds: float
+    val_features: torch.Tensor | None = None  # pooled, on the CPU, when the caller asked for them
 
 
 class StateSource:
@@ -136,8 +137,12 @@ def train_staged(
     sources_at: SourcesAt,
     settings: TrainSettings,
     on_epoch: Callable[[EpochResult], None],
+    features_at: frozenset[int] = frozenset(),
 ) -> list[EpochResult]:
     """Run every stage of the plan; after each epoch evaluate and call ``on_epoch``.
+
+    After the epochs in ``features_at`` the result also holds the pooled validation features that
+    the evaluation computed (so that measuring them costs no second pass).
 
     ``sources_at(block)`` gives the (train, val) states entering ``block``. In each stage every
     block below the lowest trainable one is still pretrained and frozen, so its output is a fixed
@@ -154,11 +159,19 @@ def train_staged(
         for _ in range(stage.epochs):
             started = time.perf_counter()
             train_metrics = _train_one_epoch(model, optimizer, train_data, settings, generator)
-            val_metrics = evaluate(model, val_data, settings)
+            features: list[torch.Tensor] | None = [] if epoch in features_at else None
+            val_metrics = evaluate(model, val_data, settings, features)
             # evaluate() put every part in eval mode; restore the stage's modes
             apply_stage(model, plan, stage)
             seconds = time.perf_counter() - started
-            result = EpochResult(epoch, stage.index, train_metrics, val_metrics, seconds)
+            result = EpochResult(
+                epoch,
+                stage.index,
+                train_metrics,
+                val_metrics,
+                seconds,
+                torch.cat(features).float().cpu() if features else None,
+            )
             results.append(result)
             on_epoch(result)
             epoch += 1
@@ -189,13 +202,19 @@ def _train_one_epoch(model, optimizer, data: StateSource, settings, generator):
 
 
 @torch.no_grad()
-def evaluate(model: BlockModel, data: StateSource, settings: TrainSettings) -> dict[str, float]:
-    """Loss, accuracy and macro-F1 of the model on a split, in eval mode."""
+def evaluate(
+    model: BlockModel, data: StateSource, settings: TrainSettings, features: list | None = None
+) -> dict[str, float]:
+    """Loss, accuracy and macro-F1 of the model on a split, in eval mode; its pooled features,
+    in order, are appended to ``features`` when a list is given."""
     model.eval()
     logits_seen, labels_seen = [], []
     for state, labels in data.batches(settings.batch_size * 4, settings.device):
         with _autocast(settings.device):
-            logits_seen.append(model.forward_from(state, data.start).float())
+            pooled = model.features_from(state, data.start)
+            logits_seen.append(model.head(pooled).float())
+        if features is not None:
+            features.append(pooled)
         labels_seen.append(labels)
     logits, labels = torch.cat(logits_seen), torch.cat(labels_seen)
     loss = float(F.cross_entropy(logits, labels, reduction="sum"))

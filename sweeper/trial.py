@@ -204,10 +204,13 @@ def _train(
     def on_epoch(result: EpochResult) -> None:
         value = result.val[metric]
         last["value"] = value
+        figures = None
+        if forgetting is not None and forgetting.is_stage_end(result.epoch):
+            figures = forgetting.measure(result.stage, result.val_features)  # work, not bookkeeping
         bookkeeping_started = time.perf_counter()
         run.log_epoch(result.epoch, _epoch_metrics(result))
-        if forgetting is not None and forgetting.is_stage_end(result.epoch):
-            run.log_epoch(result.stage, forgetting.measure(result.stage))  # step = stage
+        if figures is not None:
+            run.log_epoch(result.stage, figures)  # step = stage
             trial.set_user_attr("forgetting", forgetting.history)
         if runtime.progress:
             runtime.progress.epoch(
@@ -234,6 +237,7 @@ def _train(
             lambda start: (runtime.source(model, "train", start), runtime.source(model, "val", start)),
             settings,
             on_epoch,
+            features_at=forgetting.stage_ends if forgetting is not None else frozenset(),
         )
     finally:
         timing["device_seconds"] = time.perf_counter() - device_started

@@ -203,3 +203,29 @@ def test_fine_tuning_trials_leave_the_shared_pretrained_weights_untouched(prepar
         study.tell(trial, run_trial(runtime, trial, config))
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
     assert tensor_digest(dict(pretrained.module.state_dict())) == before
+
+
+def test_the_evaluation_hands_over_the_features_a_second_pass_would_compute(prepared, tracking_uri):
+    from sweeper.param_groups import make_optimizer
+    from sweeper.similarity import pooled_features
+    from sweeper.train import TrainSettings, train_staged
+    from sweeper.trial import plan_for
+
+    spec, pretrained, data, splits = prepared
+    runtime = _runtime(prepared, StudyTracker(tracking_uri, spec.study.name), PrefixCache(None))
+    plan = plan_for(TrialConfig(1, 0.005, 1, 0.5, 1, 1), pretrained.num_blocks)
+    model = pretrained.build(runtime.num_classes, trainable_from=plan.cut)
+    results = train_staged(
+        model,
+        plan,
+        make_optimizer(model, plan, 0.005, 0.5, 0.0),
+        0.005,
+        lambda start: (runtime.source(model, "train", start), runtime.source(model, "val", start)),
+        TrainSettings(spec.train.batch_size),
+        lambda _result: None,
+        features_at=frozenset({1}),
+    )
+    assert results[0].val_features is None  # the head-only epoch: not asked for
+    again = pooled_features(model, runtime.source(model, "val", plan.cut), 64, torch.device("cpu"))
+    assert results[1].val_features.shape == again.shape
+    assert torch.allclose(results[1].val_features, again, atol=1e-5)

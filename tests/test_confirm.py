@@ -29,18 +29,18 @@ def splits_used(monkeypatch) -> dict[str, list[str]]:
         used["sources"].append(split)
         return state_source
 
-    def recorded_evaluate(model, data, settings):
+    def recorded_evaluate(model, data, settings, features=None):
         used["scored"].append(data.split)
-        return evaluate(model, data, settings)
+        return evaluate(model, data, settings, features)
 
-    def recorded_train_staged(model, plan, optimizer, head_lr, sources_at, settings, on_epoch):
+    def recorded_train_staged(model, plan, optimizer, head_lr, sources_at, settings, on_epoch, *more, **named):
         def sources(start):
             train_source, val_source = sources_at(start)
             used["trained"].append(train_source.split)
             used["validated"].append(val_source.split)
             return train_source, val_source
 
-        return train_staged(model, plan, optimizer, head_lr, sources, settings, on_epoch)
+        return train_staged(model, plan, optimizer, head_lr, sources, settings, on_epoch, *more, **named)
 
     monkeypatch.setattr(StudyRuntime, "source", recorded_source)
     monkeypatch.setattr(train_module, "evaluate", recorded_evaluate)

@@ -78,8 +78,12 @@ class BlockModel(nn.Module):
 
         Blocks below ``first_trainable`` run without autograd: they are frozen in this stage.
         """
+        return self.head(self.features_from(state, start, first_trainable))
+
+    def features_from(self, state: State, start: int, first_trainable: int | None = None) -> torch.Tensor:
+        """The pooled features (what the head reads) from a state entering block ``start``."""
         if start == self.pooled:
-            return self.head(state["features"])
+            return state["features"]
         first_trainable = self.num_blocks if first_trainable is None else first_trainable
         state = self._compact(state)
         with torch.no_grad():
@@ -89,10 +93,8 @@ class BlockModel(nn.Module):
             state = block(state)
         if first_trainable >= self.num_blocks:
             with torch.no_grad():
-                features = self.neck(state)
-        else:
-            features = self.neck(state)
-        return self.head(features)
+                return self.neck(state)
+        return self.neck(state)
 
     def forward(self, inputs: State) -> torch.Tensor:
         return self.forward_from(self.stem(inputs), 0, first_trainable=0)
