@@ -8,7 +8,8 @@ frozen-prefix cache.
 
 Then, over the warm cache, the same trials run through sweeper again and through a bare loop: the
 same training arithmetic with nothing around it (no Optuna, MLflow or progress). Their ratio is what
-sweeper's machinery costs; ``overhead_fraction`` is the part of it spent in Optuna and MLflow calls.
+sweeper's machinery costs. ``overhead_fraction`` is the share of sweeper's warm time not spent
+training: Optuna and MLflow calls, and the trial loop around them.
 
     python bench/bench_trials.py                       # CPU, the default study's model and data
     python bench/bench_trials.py --device cuda         # GPU (bf16)
@@ -27,7 +28,6 @@ import platform
 import sys
 import tempfile
 import time
-import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -45,7 +45,8 @@ from sweeper.runner import prepare  # noqa: E402
 from sweeper.search_space import TrialConfig  # noqa: E402
 from sweeper.spec import bounds, load_spec  # noqa: E402
 from sweeper.stages import apply_stage  # noqa: E402
-from sweeper.storage import make_storage  # noqa: E402
+from sweeper.storage import StudyLock, make_storage  # noqa: E402
+from sweeper.study import run_trials  # noqa: E402
 from sweeper.tracking import StudyTracker  # noqa: E402
 from sweeper.train import TrainSettings, evaluate  # noqa: E402
 from sweeper.trial import StudyRuntime, plan_for, run_trial  # noqa: E402
@@ -151,23 +152,23 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def _sweep(study, runtime: StudyRuntime, configs) -> float:
-    """Run the configurations as trials of ``study``; returns the seconds spent in Optuna and
-    MLflow calls on the trial's thread: ask and tell, the trial's own bookkeeping, and its end
-    (the writes after its wall time stops)."""
-    bookkeeping = 0.0
-    for config in configs:
-        asked = time.perf_counter()
-        trial = study.ask()
-        started = time.perf_counter()
-        value = run_trial(runtime, trial, config)
-        ended = time.perf_counter()
-        study.tell(trial, value)
-        told = time.perf_counter()
-        attrs = study._storage.get_trial(trial._trial_id).user_attrs
-        end_writes = (ended - started) - attrs["wall_seconds"]
-        bookkeeping += (started - asked) + attrs["bookkeeping_seconds"] + end_writes + (told - ended)
-    return bookkeeping
+def _sweep(study, storage, runtime: StudyRuntime, configs) -> float:
+    """Run the configurations as the trials of ``study`` through sweeper's own trial loop (study
+    lock, trial claim, heartbeats, a garbage collection after each trial), as `sweeper study` does.
+
+    Returns the seconds the trials spent training (each trial's wall time less its bookkeeping):
+    the rest of the sweep's time is what sweeper adds around the training.
+    """
+    run_trials(
+        study,
+        lambda trial: run_trial(runtime, trial, configs[trial.number]),
+        len(configs),
+        StudyLock(storage, study.study_name),
+    )
+    runtime.tracker.flush()  # as `sweeper study` does before it returns
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state.name for t in trials] == ["COMPLETE"] * len(configs), "a benchmark trial failed"
+    return sum(t.user_attrs["wall_seconds"] - t.user_attrs["bookkeeping_seconds"] for t in trials)
 
 
 def _timed(device, work) -> tuple[float, object]:
@@ -213,7 +214,7 @@ def run(args) -> dict:
         epochs = sum(plan_for(c, pretrained.num_blocks).total_epochs for c in configs)
         samples = train_examples * epochs
         study = new_study("cold")
-        sweeper_s, _ = _timed(device, lambda: (_sweep(study, runtime, configs), tracker.flush()))
+        sweeper_s, _ = _timed(device, lambda: _sweep(study, storage, runtime, configs))
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         plain_s, _ = _timed(
@@ -228,11 +229,9 @@ def run(args) -> dict:
         for _ in range(args.repeats):
             bare_runs.append(_timed(device, lambda: [bare_trial(runtime, c) for c in configs])[0])
             study = new_study("warm")
-            seconds, bookkeeping = _timed(
-                device, lambda: (_sweep(study, runtime, configs), tracker.flush())[0]
-            )
-            warm_runs.append((seconds, bookkeeping))
-        warm_s, bookkeeping = min(warm_runs)
+            warm_runs.append(_timed(device, lambda: _sweep(study, storage, runtime, configs)))
+        warm_s, training_s = min(warm_runs)
+        overhead = warm_s - training_s
         bare_s = min(bare_runs)
         row = {
             "scenario": name,
@@ -246,8 +245,8 @@ def run(args) -> dict:
             "bare_s": round(bare_s, 2),
             "sweeper_warm_s": round(warm_s, 2),
             "sweeper_vs_bare": round(bare_s / warm_s, 3),
-            "overhead_fraction": round(bookkeeping / warm_s, 4),
-            "overhead_ms_per_trial": round(1000 * bookkeeping / len(configs), 1),
+            "overhead_fraction": round(overhead / warm_s, 4),
+            "overhead_ms_per_trial": round(1000 * overhead / len(configs), 1),
         }
         if device.type == "cuda":
             row["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
@@ -304,7 +303,6 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", message="Heartbeat of storage")  # ask/tell, not optimize
     result = run(args)
     print(table(result))
     if args.json:

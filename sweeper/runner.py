@@ -192,7 +192,10 @@ def _end_last_trial_here(opened: _OpenStudy, reason: str) -> None:
     if not mine:
         return
     opened.tracker.flush()  # the run of the last trial exists, and its writes are in
-    fail_trials_of_workers(opened.study, {worker_id(): reason}, on_failed=None)
+    # a trial can be stopped after its run ended FINISHED but before Optuna was told: the run
+    # follows the trial, FAILED
+    mark = _run_marker(opened.tracker.tracking_uri)
+    fail_trials_of_workers(opened.study, {worker_id(): reason}, on_failed=mark)
     opened.tracker.end_running_runs_of_trial(mine[-1].number, reason)
 
 

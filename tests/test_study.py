@@ -139,3 +139,34 @@ def test_a_failing_trial_ends_failed_with_its_reason_and_the_study_goes_on(workd
 )
 def test_the_spec_pruner_setting_picks_the_optuna_pruner(tmp_path, name, kind):
     assert isinstance(make_pruner(load_spec(write_spec(tmp_path, budget={"pruner": name}))), kind)
+
+
+@pytest.mark.parametrize("lower", [1.5, 0.0], ids=["pruned", "completed"])
+def test_a_trials_model_is_freed_before_the_next_trial(workdir, tracking_uri, lower):
+    import gc
+
+    from sweeper.backbones.base import BlockModel
+    from sweeper.storage import StudyLock, make_storage
+    from sweeper.study import run_trials
+
+    runtime = _runtime(workdir, tracking_uri, write_spec(workdir, search={"head_epochs": 2}))
+    storage = make_storage(f"sqlite:///{workdir / 'gc.db'}")
+    study = optuna.create_study(
+        study_name="gc", storage=storage, direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=lower)
+    )
+    study.enqueue_trial({"unfrozen_blocks": 0})
+
+    def alive() -> list[BlockModel]:
+        return [o for o in gc.get_objects() if isinstance(o, BlockModel)]
+
+    before = len(alive())
+    # with the collector off, a completed trial's model goes with its last reference, and a pruned
+    # one (held in a cycle by its traceback) only by sweeper's own collection
+    gc.disable()
+    try:
+        run_trials(study, make_objective(runtime), 1, StudyLock(storage, "gc"))
+        left = len(alive())
+    finally:
+        gc.enable()
+    assert study.trials[0].state == (TrialState.PRUNED if lower else TrialState.COMPLETE)
+    assert left == before
