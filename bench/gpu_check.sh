@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU check (one NVIDIA GPU, under 5 minutes): the benchmark table on the GPU, plus sweeper's
-# samples/s against a bare bf16 loop over the same cached states (target: at least 0.9x) and peak
+# samples/s against a bare bf16 loop over the same warm cache (target: at least 0.9x) and peak
 # GPU memory. It needs only the GPU image's torch/torchvision/transformers, plus what it lacks
 # carried as wheels in .whl/ (optuna, mlflow-skinny, pydantic, vaderSentiment, ...) and the default
 # study's model in .gpu/minilm (see BENCHMARKS.md for how both are prepared). MLflow records to a
