@@ -28,7 +28,6 @@ import platform
 import sys
 import tempfile
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import optuna
@@ -48,7 +47,7 @@ from sweeper.stages import apply_stage  # noqa: E402
 from sweeper.storage import StudyLock, make_storage  # noqa: E402
 from sweeper.study import run_trials  # noqa: E402
 from sweeper.tracking import StudyTracker  # noqa: E402
-from sweeper.train import TrainSettings, evaluate  # noqa: E402
+from sweeper.train import TrainSettings, autocast, evaluate  # noqa: E402
 from sweeper.trial import StudyRuntime, plan_for, run_trial  # noqa: E402
 
 
@@ -113,14 +112,10 @@ def _plain_forward(backbone, head, data, batch, device):
     tokens = {k: v[batch] for k, v in data._tokens.items()}
     length = int(tokens["attention_mask"].sum(1).max())  # dynamic padding, as a collator does
     tokens = {k: v[:, :length].to(device) for k, v in tokens.items()}
-    with _autocast(device):
+    with autocast(device):
         hidden = backbone(**tokens).last_hidden_state
         mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         return head((hidden * mask).sum(1) / mask.sum(1))
-
-
-def _autocast(device):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
 # ---------------------------------------------------------------- the bare loop (bf16 on a GPU)
@@ -137,7 +132,7 @@ def bare_trial(runtime: StudyRuntime, config: TrialConfig) -> None:
         apply_stage(model, plan, stage)
         for _ in range(stage.epochs):
             for state, labels in train.batches(settings.batch_size, runtime.device, torch.Generator()):
-                with _autocast(runtime.device):
+                with autocast(runtime.device):
                     loss = F.cross_entropy(model.forward_from(state, start, start).float(), labels)
                 loss.backward()
                 optimizer.step()
@@ -171,10 +166,20 @@ def _sweep(study, storage, runtime: StudyRuntime, configs) -> float:
     return sum(t.user_attrs["wall_seconds"] - t.user_attrs["bookkeeping_seconds"] for t in trials)
 
 
-def _timed(device, work) -> tuple[float, object]:
+def _plain_trials(pretrained, data, splits, configs, device, spec) -> None:
+    for seed, config in enumerate(configs):
+        plain_trial(pretrained, data, splits, config, device, spec.train.batch_size, seed)
+
+
+def _bare_trials(runtime: StudyRuntime, configs) -> None:
+    for config in configs:
+        bare_trial(runtime, config)
+
+
+def _timed(device, work, *args) -> tuple[float, object]:
     _sync(device)
     started = time.perf_counter()
-    result = work()
+    result = work(*args)
     _sync(device)
     return time.perf_counter() - started, result
 
@@ -214,22 +219,15 @@ def run(args) -> dict:
         epochs = sum(plan_for(c, pretrained.num_blocks).total_epochs for c in configs)
         samples = train_examples * epochs
         study = new_study("cold")
-        sweeper_s, _ = _timed(device, lambda: _sweep(study, storage, runtime, configs))
+        sweeper_s, _ = _timed(device, _sweep, study, storage, runtime, configs)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        plain_s, _ = _timed(
-            device,
-            lambda: [
-                plain_trial(pretrained, data, splits, c, device, spec.train.batch_size, seed=i)
-                for i, c in enumerate(configs)
-            ],
-        )
+        plain_s, _ = _timed(device, _plain_trials, pretrained, data, splits, configs, device, spec)
         # over the warm cache: sweeper and the bare loop, alternating; the best of each
         warm_runs, bare_runs = [], []
         for _ in range(args.repeats):
-            bare_runs.append(_timed(device, lambda: [bare_trial(runtime, c) for c in configs])[0])
-            study = new_study("warm")
-            warm_runs.append(_timed(device, lambda: _sweep(study, storage, runtime, configs)))
+            bare_runs.append(_timed(device, _bare_trials, runtime, configs)[0])
+            warm_runs.append(_timed(device, _sweep, new_study("warm"), storage, runtime, configs))
         warm_s, training_s = min(warm_runs)
         overhead = warm_s - training_s
         bare_s = min(bare_runs)

@@ -25,9 +25,9 @@ from optuna.trial import FrozenTrial, TrialState
 from sweeper.forgetting import ForgettingMeter
 from sweeper.param_groups import make_optimizer
 from sweeper.search_space import TrialConfig
-from sweeper.similarity import autocast, linear_probe_score, pooled_features
+from sweeper.similarity import linear_probe_score, pooled_features
 from sweeper.spec import Spec
-from sweeper.train import TrainSettings, evaluate, train_staged
+from sweeper.train import TrainSettings, autocast, evaluate, train_staged
 from sweeper.trial import StudyRuntime, plan_for
 
 STRATEGIES = ("feature_extraction", "fine_tuning")

@@ -40,22 +40,18 @@ class ForgettingMeter:
         self.plan = plan
         self.history: list[dict] = []
         self._batch = runtime.spec.train.batch_size * 4
-        self._stage_ends = {
+        # the last epoch of each stage that trains backbone blocks (stage 0 only trains the head)
+        self.stage_ends = frozenset(
             start + stage.epochs - 1
             for start, stage in zip(plan.stage_starts, plan.stages, strict=True)
             if stage.trainable_blocks
-        }
+        )
         with torch.random.fork_rng(devices=[]):  # the reference head must not move the trial's RNG
             self._reference = runtime.pretrained.family.cut(runtime.pretrained.module, runtime.num_classes)
         self._pretrained = _pretrained_features(runtime, model, self._batch)
 
-    @property
-    def stage_ends(self) -> frozenset[int]:
-        """The last epoch of each stage that trains backbone blocks (stage 0 only trains the head)."""
-        return frozenset(self._stage_ends)
-
     def is_stage_end(self, epoch: int) -> bool:
-        return epoch in self._stage_ends
+        return epoch in self.stage_ends
 
     def measure(self, stage: int, tuned: torch.Tensor | None = None) -> dict[str, float]:
         """The figures now, as MLflow metrics; also appended to ``history``. ``tuned``: the

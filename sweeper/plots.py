@@ -57,6 +57,16 @@ def _figure(width: float = 7.0, height: float = 3.6) -> tuple[Figure, object]:
     return figure, figure.add_subplot()
 
 
+def _scored(figure: Figure, axes, xlabel: str, label: str, name: str, title: str, caption: str) -> Plot:
+    """A plot of the metric (``label``, on the y axis): the labels, legend and grid every one of
+    them has, then its PNG."""
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(label)
+    axes.legend(fontsize=8)
+    axes.grid(alpha=0.3)
+    return Plot(name, title, caption, _png(figure))
+
+
 def _png(figure: Figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
@@ -82,15 +92,14 @@ def _curves(completed: list[FrozenTrial], label: str, maximize: bool) -> Plot:
         for start in _stage_starts(trial)[1:]:
             axes.axvline(start + 0.5, color=color, linestyle=":", alpha=0.7)
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes.set_xlabel("epoch (numbered across stages)")
-    axes.set_ylabel(label)
-    axes.legend(fontsize=8)
-    axes.grid(alpha=0.3)
-    return Plot(
+    return _scored(
+        figure,
+        axes,
+        "epoch (numbered across stages)",
+        label,
         "curves.png",
         f"{label} per epoch, top {len(ranked)} trials",
         "Dotted lines mark where a stage begins (the next blocks unfreeze), in the trial's colour.",
-        _png(figure),
     )
 
 
@@ -126,17 +135,16 @@ def _by_unfrozen_blocks(study: optuna.Study, completed: list[FrozenTrial], label
             edgecolors="grey",
             label="pruned (value when stopped)",
         )
-    axes.set_xlabel("unfrozen_blocks (0 = feature extraction)")
-    axes.set_ylabel(label)
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes.legend(fontsize=8)
-    axes.grid(alpha=0.3)
-    return Plot(
+    return _scored(
+        figure,
+        axes,
+        "unfrozen_blocks (0 = feature extraction)",
+        label,
         "by_unfrozen_blocks.png",
         f"{label} vs unfrozen_blocks",
         f"Filled: the {len(completed)} completed trials, coloured by strategy. Hollow: the "
         f"{len(pruned)} pruned trials at the epoch they were stopped (fewer epochs: not comparable).",
-        _png(figure),
     )
 
 
@@ -154,15 +162,14 @@ def _by_lr_ratio(completed: list[FrozenTrial], label: str) -> Plot | None:
     )
     figure.colorbar(points, ax=axes, label="unfrozen_blocks", ticks=MaxNLocator(integer=True))
     axes.set_xscale("log")
-    axes.set_xlabel("lr_ratio (backbone LR / head LR)")
-    axes.set_ylabel(label)
-    axes.legend(fontsize=8)
-    axes.grid(alpha=0.3)
-    return Plot(
+    return _scored(
+        figure,
+        axes,
+        "lr_ratio (backbone LR / head LR)",
+        label,
         "by_lr_ratio.png",
         f"{label} vs lr_ratio (fine-tuning trials)",
         "Each point is a completed fine-tuning trial, coloured by how many blocks it unfroze.",
-        _png(figure),
     )
 
 
@@ -186,15 +193,14 @@ def _by_compute(completed: list[FrozenTrial], label: str, maximize: bool) -> Plo
     )
     axes.set_xscale("log")
     _label_log_axis(axes)
-    axes.set_xlabel("device seconds per trial (log)")
-    axes.set_ylabel(label)
-    axes.legend(fontsize=8)
-    axes.grid(alpha=0.3)
-    return Plot(
+    return _scored(
+        figure,
+        axes,
+        "device seconds per trial (log)",
+        label,
         "by_compute.png",
         f"{label} vs compute",
         "The Pareto front joins the trials that no other trial beats on both score and compute.",
-        _png(figure),
     )
 
 

@@ -4,11 +4,11 @@ reads a model's pooled features (the input of its head) from a state source."""
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import numpy as np
 import torch
 from torch import nn
+
+from sweeper.train import autocast
 
 
 def linear_cka(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray) -> float:
@@ -79,19 +79,12 @@ def pooled_features(model, source, batch_size: int, device: torch.device) -> tor
     on the CPU in float32. Every module's train/eval mode is restored afterwards."""
     captured: list[torch.Tensor] = []
     modes = {module: module.training for module in model.modules()}
-    hook = model.head.register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0].float().cpu()))
     try:
         model.eval()
         for state, _ in source.batches(batch_size, device):
             with autocast(device):
-                model.forward_from(state, source.start)
+                captured.append(model.features_from(state, source.start).float().cpu())
     finally:
-        hook.remove()
         for module, training in modes.items():
             module.training = training
     return torch.cat(captured)
-
-
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA, as training uses; nothing on the CPU."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()

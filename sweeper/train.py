@@ -85,7 +85,7 @@ class StateSource:
         )
         for inputs, labels in loader:
             inputs = {k: _to_device(v, device) for k, v in inputs.items()}
-            with torch.no_grad(), _autocast(device):
+            with torch.no_grad(), autocast(device):
                 state = model.prefix(inputs, self.start)
             yield state, labels.to(device, non_blocking=True)
 
@@ -182,7 +182,7 @@ def _train_one_epoch(model, optimizer, data: StateSource, settings, generator):
     # nothing here waits for the GPU: losses and logits are summed up once, after the epoch
     losses, sizes, logits_seen, labels_seen = [], [], [], []
     for state, labels in data.batches(settings.batch_size, settings.device, generator):
-        with _autocast(settings.device):
+        with autocast(settings.device):
             logits = model.forward_from(state, data.start, first_trainable=data.start)
             loss = F.cross_entropy(logits.float(), labels)
         loss.backward()
@@ -210,7 +210,7 @@ def evaluate(
     model.eval()
     logits_seen, labels_seen = [], []
     for state, labels in data.batches(settings.batch_size * 4, settings.device):
-        with _autocast(settings.device):
+        with autocast(settings.device):
             pooled = model.features_from(state, data.start)
             logits_seen.append(model.head(pooled).float())
         if features is not None:
@@ -237,7 +237,8 @@ def macro_f1(predicted: torch.Tensor, truth: torch.Tensor, num_classes: int) -> 
     return sum(scores) / len(scores) if scores else 0.0
 
 
-def _autocast(device: torch.device):
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; nothing on the CPU."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
@@ -272,7 +273,7 @@ def advance_states(model: BlockModel, states: State, start: int, stop: int, batc
     chunks = []
     for chunk in torch.arange(count).split(batch_size):
         state = {k: v[chunk].to(device) for k, v in states.items()}
-        with _autocast(device):
+        with autocast(device):
             state = model.run_blocks(state, start, stop)
         chunks.append({k: v.cpu() for k, v in state.items()})
     return {key: _cat_padded([c[key] for c in chunks]) for key in chunks[0]}

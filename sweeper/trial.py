@@ -251,10 +251,9 @@ def _may_be_pruned(plan: StagePlan, result: EpochResult) -> bool:
 
 
 def _on_device(model, runtime: StudyRuntime, plan: StagePlan):
-    """The new parts to the device (the shared pretrained ones are there already)."""
+    """The new head to the device: the pretrained parts are there already (channels_last for CNNs
+    on a GPU, see ``Pretrained.to``), and the copies of them keep their memory format."""
     model = model.to(runtime.device)
-    if runtime.device.type == "cuda" and runtime.pretrained.family.input_kind == "image":
-        model = model.to(memory_format=torch.channels_last)
     if runtime.spec.train.compile:
         for block in model.blocks[plan.cut :]:  # the copies this trial trains
             block.compile(dynamic=True)

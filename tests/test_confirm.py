@@ -33,7 +33,9 @@ def splits_used(monkeypatch) -> dict[str, list[str]]:
         used["scored"].append(data.split)
         return evaluate(model, data, settings, features)
 
-    def recorded_train_staged(model, plan, optimizer, head_lr, sources_at, settings, on_epoch, *more, **named):
+    def recorded_train_staged(
+        model, plan, optimizer, head_lr, sources_at, settings, on_epoch, *more, **named
+    ):
         def sources(start):
             train_source, val_source = sources_at(start)
             used["trained"].append(train_source.split)

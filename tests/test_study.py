@@ -152,7 +152,10 @@ def test_a_trials_model_is_freed_before_the_next_trial(workdir, tracking_uri, lo
     runtime = _runtime(workdir, tracking_uri, write_spec(workdir, search={"head_epochs": 2}))
     storage = make_storage(f"sqlite:///{workdir / 'gc.db'}")
     study = optuna.create_study(
-        study_name="gc", storage=storage, direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=lower)
+        study_name="gc",
+        storage=storage,
+        direction="maximize",
+        pruner=optuna.pruners.ThresholdPruner(lower=lower),
     )
     study.enqueue_trial({"unfrozen_blocks": 0})
 

@@ -58,7 +58,7 @@ class Pretrained:
         """
         model = self.family.cut(self.module, num_classes)
         if trainable_from < model.num_blocks:
-            for index in range(max(trainable_from, 0), model.num_blocks):
+            for index in range(trainable_from, model.num_blocks):
                 model.blocks[index] = copy.deepcopy(model.blocks[index])
             model.neck = copy.deepcopy(model.neck)
         return model
