@@ -24,6 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweeper.forgetting import ForgettingMeter
 from sweeper.param_groups import make_optimizer
+from sweeper.records import strategy_of
 from sweeper.search_space import TrialConfig
 from sweeper.similarity import linear_probe_score, pooled_features
 from sweeper.spec import Spec
@@ -47,7 +48,7 @@ def best_trials(study: optuna.Study) -> dict[str, FrozenTrial | None]:
     pick = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
     best = {}
     for strategy in STRATEGIES:
-        trials = [t for t in completed if t.user_attrs.get("strategy") == strategy]
+        trials = [t for t in completed if strategy_of(t) == strategy]
         best[strategy] = pick(trials, key=lambda t: t.value) if trials else None
     return best
 

@@ -17,6 +17,7 @@ from matplotlib.ticker import MaxNLocator, NullFormatter
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeper.confirm import config_of
+from sweeper.records import seconds_of, strategy_of
 from sweeper.trial import plan_for
 
 COLORS = {"feature_extraction": "#1f77b4", "fine_tuning": "#d62728"}
@@ -73,12 +74,6 @@ def _png(figure: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def _strategy(trial: FrozenTrial) -> str:
-    return trial.user_attrs.get(
-        "strategy", "fine_tuning" if trial.params.get("unfrozen_blocks") else "feature_extraction"
-    )
-
-
 def _curves(completed: list[FrozenTrial], label: str, maximize: bool) -> Plot:
     figure, axes = _figure()
     ranked = sorted(completed, key=lambda t: t.value, reverse=maximize)[:TOP_TRIALS]
@@ -87,7 +82,7 @@ def _curves(completed: list[FrozenTrial], label: str, maximize: bool) -> Plot:
         steps = sorted(trial.intermediate_values)
         values = [trial.intermediate_values[s] for s in steps]
         blocks = trial.params.get("unfrozen_blocks", 0)
-        name = f"trial {trial.number} ({LABELS[_strategy(trial)]}, unfrozen_blocks={blocks})"
+        name = f"trial {trial.number} ({LABELS[strategy_of(trial)]}, unfrozen_blocks={blocks})"
         axes.plot([s + 1 for s in steps], values, marker="o", color=color, label=name)
         for start in _stage_starts(trial)[1:]:
             axes.axvline(start + 0.5, color=color, linestyle=":", alpha=0.7)
@@ -116,7 +111,7 @@ def _by_unfrozen_blocks(study: optuna.Study, completed: list[FrozenTrial], label
     for i, trial in enumerate(completed):
         jitter = ((i * 7919) % 11 - 5) / 40
         blocks = trial.params.get("unfrozen_blocks", 0)
-        axes.scatter(blocks + jitter, trial.value, color=COLORS[_strategy(trial)], alpha=0.8)
+        axes.scatter(blocks + jitter, trial.value, color=COLORS[strategy_of(trial)], alpha=0.8)
     best: dict[int, float] = {}
     pick = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
     for trial in completed:
@@ -176,13 +171,11 @@ def _by_lr_ratio(completed: list[FrozenTrial], label: str) -> Plot | None:
 def _by_compute(completed: list[FrozenTrial], label: str, maximize: bool) -> Plot:
     figure, axes = _figure()
     for strategy, color in COLORS.items():
-        trials = [t for t in completed if _strategy(t) == strategy]
+        trials = [t for t in completed if strategy_of(t) == strategy]
         if trials:
-            xs = [max(t.user_attrs.get("device_seconds", 0.0), 1e-3) for t in trials]
+            xs = [max(seconds_of(t, "device"), 1e-3) for t in trials]
             axes.scatter(xs, [t.value for t in trials], color=color, label=LABELS[strategy])
-    front = pareto_front(
-        [(max(t.user_attrs.get("device_seconds", 0.0), 1e-3), t.value) for t in completed], maximize
-    )
+    front = pareto_front([(max(seconds_of(t, "device"), 1e-3), t.value) for t in completed], maximize)
     axes.step(
         [x for x, _ in front],
         [y for _, y in front],

@@ -41,6 +41,7 @@ from sweeper.decision import (
 )
 from sweeper.errors import UserError
 from sweeper.forgetting import summarize_forgetting
+from sweeper.records import seconds_of, strategy_of
 from sweeper.render import render_html, render_markdown, render_summary_html, render_summary_markdown
 from sweeper.spec import Spec
 
@@ -143,19 +144,19 @@ def build_report(
 def _arm(study, best: FrozenTrial | None, runs: list[dict] | None, metric: str) -> dict[str, Any] | None:
     if best is None:
         return None
-    strategy = best.user_attrs.get("strategy")
-    everything = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("strategy") == strategy]
+    strategy = strategy_of(best)
+    everything = [t for t in study.get_trials(deepcopy=False) if strategy_of(t) == strategy]
     arm = {
         "trial": best.number,
         "params": best.params,
         "mlflow_run_id": best.user_attrs.get("mlflow_run_id"),
         "search_value": best.value,
         "value": best.value,
-        "device_seconds": best.user_attrs.get("device_seconds", 0.0),
-        "wall_seconds": best.user_attrs.get("wall_seconds", 0.0),
+        "device_seconds": seconds_of(best, "device"),
+        "wall_seconds": seconds_of(best, "wall"),
         "trials": len(everything),
-        "arm_device_seconds": sum(t.user_attrs.get("device_seconds", 0.0) for t in everything),
-        "arm_wall_seconds": sum(t.user_attrs.get("wall_seconds", 0.0) for t in everything),
+        "arm_device_seconds": sum(seconds_of(t, "device") for t in everything),
+        "arm_wall_seconds": sum(seconds_of(t, "wall") for t in everything),
     }
     if runs:
         seed_values = [run["test"][metric] for run in runs]
@@ -224,8 +225,8 @@ def _cost(study: optuna.Study, confirmation: dict[str, list[dict]]) -> dict[str,
     return {
         "study": {
             "trials": len(trials),
-            "device_seconds": sum(t.user_attrs.get("device_seconds", 0.0) for t in trials),
-            "wall_seconds": sum(t.user_attrs.get("wall_seconds", 0.0) for t in trials),
+            "device_seconds": sum(seconds_of(t, "device") for t in trials),
+            "wall_seconds": sum(seconds_of(t, "wall") for t in trials),
             "elapsed_seconds": (max(ends) - min(starts)).total_seconds() if starts and ends else None,
         },
         "confirmation": {

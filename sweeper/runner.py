@@ -180,7 +180,7 @@ def _run_here(opened: _OpenStudy, options: Options, console: Console) -> None:
         _end_last_trial_here(opened, f"{type(exc).__name__}: {exc}")
         raise
     finally:
-        opened.tracker.flush()
+        opened.tracker.close()  # its writes are done
 
 
 def _end_last_trial_here(opened: _OpenStudy, reason: str) -> None:

@@ -1,32 +1,36 @@
 """MLflow records: one experiment per study, a parent run per study, a child run per trial.
 
-The only module that imports mlflow. A trial's run opens when the trial starts and always ends:
-FINISHED (complete), KILLED (pruned) or FAILED. Its params and epoch metrics are written in
-batches: at most one per epoch, and one at the end for all the epochs of a short trial.
+With ``mlflow_writer`` (which makes the trial runs' writes), the only modules that import mlflow. A
+trial's run opens when the trial starts and always ends: FINISHED (complete), KILLED (pruned) or
+FAILED. Its params and epoch metrics are written in batches: at most one per epoch, and one at the
+end for all the epochs of a short trial.
 
-A trial's writes go, in order, through one background thread per tracker, so the trial never waits
-on the tracking store (each write is a database transaction or an HTTP call). ``flush`` waits for
-them; the study and worker loops flush before they return, and the interpreter drains the thread
-at exit. An MLflow error there is logged, never raised into the trial: the study is the record of
-the result, the run its mirror.
+A trial's writes go, in order, to a child process (``mlflow_writer``), so the trial never waits on
+the tracking store (each write is a database transaction or an HTTP call) and the MLflow client
+never competes with the training loop for the GIL. ``flush`` waits for them and ``close`` ends
+the child; the study and worker loops close before they return. An MLflow error there is logged,
+never raised into the trial: the study is the record of the result, the run its mirror.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-import threading
 import time
+import uuid
+import weakref
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Param
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from sweeper.errors import UserError
+from sweeper.mlflow_writer import PENDING, DirectWriter, MlflowWriteError, ProcessWriter
 from sweeper.redact import redact
 
 log = logging.getLogger(__name__)
@@ -36,6 +40,8 @@ ROLE_TAG = "sweeper.role"
 # one write at its end instead of one per epoch, a trial of long epochs still writes every epoch
 LOG_EVERY_SECONDS = 5.0
 STATUS_OF_STATE = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+
+Writer = ProcessWriter | DirectWriter
 
 
 class StudyTracker:
@@ -62,19 +68,19 @@ class StudyTracker:
                 f"MLflow tracking URI {redact(tracking_uri)} is not usable: {redact(str(exc))[:300]}"
             ) from None
         self._parent_run_id: str | None = None
-        self._writer: ThreadPoolExecutor | None = None  # one thread: the writes keep their order
-        self._writer_lock = threading.Lock()
-
-    def _submit(self, write: Callable[[], Any]) -> Future:
-        with self._writer_lock:
-            if self._writer is None:
-                self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweeper-mlflow")
-            return self._writer.submit(write)
+        self._writer = ProcessWriter(tracking_uri)  # its child starts with the first trial
+        weakref.finalize(self, self._writer.close)  # at the latest when the interpreter exits
 
     def flush(self) -> None:
-        """Wait until every write submitted so far is done (or has failed and been logged)."""
-        if self._writer is not None:
-            self._submit(lambda: None).result()
+        """Wait until every write sent so far is done (or has failed and been logged)."""
+        try:
+            self._writer.flush()
+        except MlflowWriteError as exc:
+            log.warning("MLflow writes may be lost: %s", redact(str(exc))[:300])
+
+    def close(self) -> None:
+        """Finish the writes sent so far and stop the writer (a later trial starts another)."""
+        self._writer.close()
 
     def _experiment_id(self) -> str:
         found = self.client.get_experiment_by_name(self.study_name)
@@ -122,8 +128,9 @@ class StudyTracker:
         tags: dict[str, str],
         on_created: Callable[[str], None] | None = None,
     ) -> TrialRun:
-        """Open trial ``number``'s run in the background; ``on_created(run_id)`` runs there once it
-        exists. The returned run takes writes at once: they follow the creation, in order."""
+        """Open trial ``number``'s run in the background; ``on_created(run_id)`` runs in a
+        background thread once it exists. The returned run takes writes at once: they follow the
+        creation, in order."""
         tags = {
             MLFLOW_PARENT_RUN_ID: self.parent_run_id,
             "optuna.study": self.study_name,
@@ -131,19 +138,16 @@ class StudyTracker:
             **tags,
         }
 
-        def create() -> str:
-            run = self.client.create_run(self.experiment_id, run_name=f"trial-{number:03d}", tags=tags)
-            if on_created is not None:
-                try:
-                    on_created(run.info.run_id)
-                except Exception:
-                    self.client.set_terminated(run.info.run_id, "FAILED")
-                    raise
-            return run.info.run_id
-
         # the params go with the run's first write of metrics (at the latest, with its end)
-        pending = [Param(k, str(v)) for k, v in params.items()]
-        return TrialRun(self.client, self._submit(create), self._submit, params=pending)
+        run = TrialRun(
+            self._writer,
+            PENDING + uuid.uuid4().hex,
+            Future(),
+            params=[(k, str(v)) for k, v in params.items()],
+        )
+        created = self._writer.send("create", run.key, (self.experiment_id, f"trial-{number:03d}", tags))
+        created.add_done_callback(functools.partial(run._on_created, on_created))
+        return run
 
     def end_running_runs_of_trial(self, number: int, reason: str) -> int:
         """End FAILED every run of trial ``number`` still RUNNING (its worker was stopped between
@@ -153,7 +157,7 @@ class StudyTracker:
             filter_string=f"tags.`optuna.trial` = '{number}' and attributes.status = 'RUNNING'",
         )
         for run in runs:
-            TrialRun(self.client, run.info.run_id).end("FAIL", reason=reason)
+            TrialRun.existing(self.client, run.info.run_id).end("FAIL", reason=reason)
         return len(runs)
 
     def log_report(self, folder: Path) -> None:
@@ -167,51 +171,64 @@ class TrialRun:
     """One trial's MLflow run; ``end`` is idempotent so every exit path can call it.
 
     Args:
-        client: the MLflow client.
-        run_id: the run's id, or the future of it while the run is being created.
-        submit: where writes go (the tracker's background thread); ``None`` writes at once.
+        writer: what makes the writes (a child process, or this thread for ``existing`` runs).
+        key: the run's name for the writer, given before the run exists (its id once it does).
+        ready: the run's id, or the future of it (``None`` if the run could not be created).
+        params: written with the run's first metrics.
     """
 
     def __init__(
-        self,
-        client: MlflowClient,
-        run_id: str | Future,
-        submit: Callable[[Callable[[], Any]], Future] | None = None,
-        params: list[Param] | None = None,
+        self, writer: Writer, key: str, ready: str | Future, params: list[tuple[str, str]] | None = None
     ) -> None:
-        self.client = client
-        self._run_id = run_id
-        self._submit = submit
+        self.key = key
+        self._writer = writer
+        self._ready = ready
         self._ended = False
         self._warned = False
-        self._pending: list[Metric] = []
+        self._pending: list[tuple[str, float, int, int]] = []
         self._params = params or []
         self._written_at = time.monotonic()
 
+    @classmethod
+    def existing(cls, client: MlflowClient, run_id: str) -> TrialRun:
+        """A run that exists already, written at once in this thread (errors are raised)."""
+        return cls(DirectWriter(client), run_id, run_id)
+
     def created(self) -> str | None:
-        """The run's id once it exists; ``None`` when it could not be created (already logged)."""
-        if isinstance(self._run_id, str):
-            return self._run_id
+        """The run's id once it exists and ``on_created`` has run; ``None`` when it could not be
+        created (already logged)."""
+        if isinstance(self._ready, str):
+            return self._ready
+        return self._ready.result()
+
+    def _on_created(self, on_created: Callable[[str], None] | None, created: Future) -> None:
         try:
-            return self._run_id.result()
+            run_id = created.result()
         except Exception as exc:
             self._warn(exc)
-            return None
+            self._ready.set_result(None)
+            return
+        try:
+            if on_created is not None:
+                on_created(run_id)
+        except Exception as exc:
+            log.warning("MLflow run %s could not be noted on its trial: %s", run_id, redact(str(exc))[:300])
+        finally:
+            self._ready.set_result(run_id)
 
     def log_epoch(self, step: int, metrics: dict[str, float]) -> None:
         """Record one epoch's metrics (with their time and step); they are written together with
         the next ones when the last write was under ``LOG_EVERY_SECONDS`` ago."""
         now = int(time.time() * 1000)
-        self._pending += [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        self._pending += [(k, float(v), now, step) for k, v in metrics.items()]
         if time.monotonic() - self._written_at >= LOG_EVERY_SECONDS:
             batch, self._pending = self._pending, []
             params, self._params = self._params, []
             self._written_at = time.monotonic()
-            self._write(lambda run_id: self.client.log_batch(run_id, metrics=batch, params=params))
+            self._send("log", (batch, params, []))
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        batch = [RunTag(k, redact(str(v))[:5000]) for k, v in tags.items()]
-        self._write(lambda run_id: self.client.log_batch(run_id, tags=batch))
+        self._send("log", ([], [], [(k, redact(str(v))[:5000]) for k, v in tags.items()]))
 
     def end(self, state: str, metrics: dict[str, float] | None = None, reason: str | None = None) -> None:
         """End the run with the status that mirrors the Optuna trial state."""
@@ -219,37 +236,23 @@ class TrialRun:
             return
         self._ended = True
         now = int(time.time() * 1000)
-        batch = self._pending + [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()]
+        batch = self._pending + [(k, float(v), now, 0) for k, v in (metrics or {}).items()]
         params, self._pending, self._params = self._params, [], []
-        tags = [RunTag("optuna.state", state)]
+        tags = [("optuna.state", state)]
         if reason:
-            tags.append(RunTag("sweeper.reason", redact(reason)[:5000]))
+            tags.append(("sweeper.reason", redact(reason)[:5000]))
+        self._send("end", (batch, params, tags, STATUS_OF_STATE[state]))
 
-        def end(run_id: str) -> None:
-            try:
-                self.client.log_batch(run_id, metrics=batch, params=params, tags=tags)
-            finally:
-                self.client.set_terminated(run_id, STATUS_OF_STATE[state])
+    def _send(self, op: str, args: tuple) -> None:
+        # by its id once it exists: a writer process started since (the first died) knows no key
+        key = self._ready.result() if isinstance(self._ready, Future) and self._ready.done() else self.key
+        self._writer.send(op, key or self.key, args).add_done_callback(self._check)
 
-        self._write(end)
+    def _check(self, done: Future) -> None:
+        if done.exception() is not None:
+            self._warn(done.exception())
 
-    def _write(self, write: Callable[[str], None]) -> None:
-        if self._submit is None:
-            write(self.created())
-            return
-
-        def in_order() -> None:
-            run_id = self.created()
-            if run_id is None:
-                return
-            try:
-                write(run_id)
-            except Exception as exc:
-                self._warn(exc)
-
-        self._submit(in_order)
-
-    def _warn(self, exc: Exception) -> None:
+    def _warn(self, exc: BaseException) -> None:
         if not self._warned:
             self._warned = True
             log.warning("MLflow did not record a trial's run: %s", redact(str(exc))[:300])
@@ -261,5 +264,5 @@ def mark_run_failed(tracking_uri: str, run_id: str, reason: str) -> bool:
     client = MlflowClient(tracking_uri=tracking_uri)
     if client.get_run(run_id).info.status == "FAILED":
         return False
-    TrialRun(client, run_id).end("FAIL", reason=reason)
+    TrialRun.existing(client, run_id).end("FAIL", reason=reason)
     return True

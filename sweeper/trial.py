@@ -21,6 +21,7 @@ from sweeper.data import EncodedData, Splits
 from sweeper.forgetting import ForgettingMeter
 from sweeper.param_groups import make_optimizer
 from sweeper.progress import Progress
+from sweeper.records import KINDS, SECONDS_ATTR
 from sweeper.search_space import TrialConfig, suggest_config
 from sweeper.spec import Spec
 from sweeper.stages import StagePlan, plan_stages
@@ -149,7 +150,6 @@ def run_trial(runtime: StudyRuntime, trial: optuna.Trial, config: TrialConfig) -
         # in the background, as soon as the run exists: a supervisor can end it if this worker dies
         on_created=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id),
     )
-    trial.set_user_attr("strategy", config.strategy)
     # Optuna and MLflow calls are the sweep's overhead: kept small, and measured
     timing["bookkeeping_seconds"] = time.perf_counter() - started
     if runtime.progress:
@@ -272,8 +272,7 @@ def _end(runtime, trial, run: TrialRun, state: str, started: float, timing, valu
     timing["wall_seconds"] = time.perf_counter() - started
     timing.setdefault("device_seconds", 0.0)
     run.created()  # its id is on the trial before the trial ends (usually long since)
-    for key, seconds in timing.items():
-        trial.set_user_attr(key, seconds)
+    trial.set_user_attr(SECONDS_ATTR, {kind: timing[f"{kind}_seconds"] for kind in KINDS})  # one write
     if reason:
         trial.set_user_attr("fail_reason" if state == "FAIL" else "prune_reason", reason)
     metrics = dict(timing)

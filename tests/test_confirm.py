@@ -13,6 +13,7 @@ from mlflow import MlflowClient
 
 from sweeper import confirm, runner, trial
 from sweeper import train as train_module
+from sweeper.records import strategy_of
 from sweeper.trial import StudyRuntime
 from tests.conftest import write_spec
 
@@ -94,7 +95,7 @@ def test_only_confirmation_touches_the_test_split_and_its_runs_are_cached(
 
 def _forgetting_is_logged_per_stage(spec, tracking_uri: str) -> None:
     study = optuna.load_study(study_name="tiny", storage="sqlite:///sweeper.db")
-    tuned = [t for t in study.trials if t.user_attrs.get("strategy") == "fine_tuning"]
+    tuned = [t for t in study.trials if strategy_of(t) == "fine_tuning"]
     assert tuned
     client = MlflowClient(tracking_uri)
     for t in tuned:

@@ -32,9 +32,7 @@ def _study(direction: str, trials: list[tuple[int, float, float]]) -> optuna.Stu
             "head_epochs": IntDistribution(1, 3),
         }
         attrs = {
-            "strategy": "feature_extraction" if blocks == 0 else "fine_tuning",
-            "device_seconds": seconds,
-            "wall_seconds": seconds + 1,
+            "seconds": {"device": seconds, "wall": seconds + 1, "bookkeeping": 0.01},
             "mlflow_run_id": f"run{len(study.trials)}",
         }
         if blocks:
@@ -140,6 +138,33 @@ def test_search_only_reports_are_provisional(spec):
     assert report["gain"] == pytest.approx(0.10) and report["gain_ci"] is None
     assert report["reason"].startswith("provisional rule") and report["metric"] == "val_accuracy"
     assert report["cost_ratio"] == pytest.approx(10.0)
+
+
+def test_a_study_recorded_with_the_earlier_attributes_reports_the_same(spec):
+    # sweeper 0.1 wrote strategy, device_seconds and wall_seconds as attributes of their own
+    study = _study("maximize", [(0, 0.80, 2.0), (3, 0.90, 20.0)])
+    earlier = optuna.create_study(direction="maximize")
+    for trial in study.trials:
+        attrs = {k: v for k, v in trial.user_attrs.items() if k != "seconds"}
+        attrs.update(
+            strategy="fine_tuning" if trial.params["unfrozen_blocks"] else "feature_extraction",
+            device_seconds=trial.user_attrs["seconds"]["device"],
+            wall_seconds=trial.user_attrs["seconds"]["wall"],
+        )
+        earlier.add_trial(
+            optuna.trial.create_trial(
+                params=trial.params,
+                distributions=trial.distributions,
+                value=trial.value,
+                intermediate_values=trial.intermediate_values,
+                user_attrs=attrs,
+            )
+        )
+    now, then = build_report(study, spec), build_report(earlier, spec)
+    for key in ("device_seconds", "wall_seconds"):
+        assert then["cost"]["study"][key] == now["cost"]["study"][key] > 0
+    assert then["cost_ratio"] == pytest.approx(10.0)
+    assert then["fine_tuning"] == now["fine_tuning"] and then["decision"] == now["decision"]
 
 
 def test_for_a_loss_metric_lower_is_better(tmp_path):

@@ -3,10 +3,17 @@ per-epoch metrics, stage boundaries, timing and tags; no run left RUNNING; secre
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
 import optuna
 import pytest
 from mlflow import MlflowClient
 
+from sweeper.records import strategy_of
 from sweeper.redact import redact
 from sweeper.runner import Options, run_study
 from sweeper.tracking import StudyTracker
@@ -32,7 +39,7 @@ def test_each_trial_is_a_child_run_with_params_metrics_and_tags(finished_study):
         assert run.data.tags["mlflow.parentRunId"] == parent[0].info.run_id
         assert run.data.tags["optuna.study"] == "tiny"
         assert run.data.tags["optuna.trial"] == str(trial.number)
-        assert run.data.tags["sweeper.strategy"] == trial.user_attrs["strategy"]
+        assert run.data.tags["sweeper.strategy"] == strategy_of(trial)
         # MLflow params carry the Optuna parameter names, with the same values
         assert {k: float(v) for k, v in run.data.params.items()} == pytest.approx(
             {k: float(v) for k, v in trial.params.items()}
@@ -148,3 +155,53 @@ def test_an_mlflow_error_in_the_background_is_logged_not_raised(tracking_uri, ca
         tracker.flush()
     assert "MLflow did not record a trial's run" in caplog.text
     assert caplog.text.count("did not record") == 1  # once per run, not once per write
+
+
+def _wait_for_status(client: MlflowClient, run_id: str, status: str, seconds: float = 60) -> str:
+    deadline = time.monotonic() + seconds
+    while (found := client.get_run(run_id).info.status) != status and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return found
+
+
+def test_writes_already_sent_are_made_after_the_worker_is_killed(tracking_uri):
+    # the run ends in the writer process, which outlives its killed parent
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from sweeper.tracking import StudyTracker
+        tracker = StudyTracker({tracking_uri!r}, "killed")
+        run = tracker.start_trial(0, {{"head_lr": 0.01}}, {{}})
+        print(run.created(), flush=True)
+        for epoch in range(3):
+            run.log_epoch(epoch, {{"val_accuracy": 0.5}})
+        run.end("COMPLETE", metrics={{"value": 0.5}})
+        os.kill(os.getpid(), signal.SIGKILL)  # no flush, no exit handlers
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    run_id = done.stdout.strip()
+    client = MlflowClient(tracking_uri)
+    assert _wait_for_status(client, run_id, "FINISHED") == "FINISHED"
+    assert client.get_run(run_id).data.metrics["value"] == 0.5
+    assert [step for step, _ in _history(client, run_id, "val_accuracy")] == [0, 1, 2]
+
+
+def test_a_dead_writer_process_is_replaced_and_the_runs_it_made_still_end(tracking_uri, caplog):
+    tracker = StudyTracker(tracking_uri, "replaced")
+    first = tracker.start_trial(0, {}, {})
+    first.created()
+    tracker._writer._child._process.kill()  # as the OOM killer would
+    tracker._writer._child._process.wait()
+    with caplog.at_level("WARNING"):
+        first.end("COMPLETE", metrics={"value": 0.5})  # by its run id, through a new writer
+        second = tracker.start_trial(1, {}, {})
+        second.end("COMPLETE", metrics={"value": 1.0})
+        tracker.flush()
+    assert "did not record" not in caplog.text
+    client = MlflowClient(tracking_uri)
+    for run, value in ((first, 0.5), (second, 1.0)):
+        finished = client.get_run(run.created())
+        assert finished.info.status == "FINISHED" and finished.data.metrics["value"] == value
+    tracker.close()
