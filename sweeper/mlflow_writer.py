@@ -48,7 +48,7 @@ PENDING = "pending-"
 def perform(client: MlflowClient, runs: dict[str, str], op: str, key: str, args: tuple) -> Any:
     """Make one write. ``create`` maps ``key`` to the new run's id; the other ops take the run's
     id, or a key that ``create`` mapped."""
-    if op == "ping":
+    if op in ("ping", "open"):  # "open": the child has made its client, nothing more
         return None
     if op == "create":
         experiment_id, run_name, tags = args
@@ -106,6 +106,16 @@ class ProcessWriter:
         self._tracking_uri = tracking_uri
         self._lock = threading.Lock()
         self._child: _Child | None = None
+
+    def start(self) -> None:
+        """Start the child now (it takes a second or two to import MLflow), not with the first
+        write. It opens the tracking store only with ``open`` or the first write."""
+        self.send("ping", "")
+
+    def open(self) -> None:
+        """Have the child open the tracking store now (it may take a second: a database store
+        checks its schema), so that the first trial's run is created at once."""
+        self.send("open", "")
 
     def send(self, op: str, key: str, args: tuple = ()) -> Future:
         with self._lock:
@@ -235,9 +245,10 @@ def main() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     requests = sys.stdin.buffer
     try:
-        client = MlflowClient(tracking_uri=pickle.load(requests))
+        tracking_uri = pickle.load(requests)
     except EOFError:
         return
+    client: MlflowClient | None = None  # made with the first write: a started writer touches no store
     runs: dict[str, str] = {}
     answering = True
     while True:
@@ -246,6 +257,8 @@ def main() -> None:
         except EOFError:
             return
         try:
+            if client is None and op != "ping":
+                client = MlflowClient(tracking_uri=tracking_uri)
             answer = (call_id, True, perform(client, runs, op, key, args))
         except Exception as exc:
             answer = (call_id, False, f"{type(exc).__name__}: {exc}")

@@ -16,6 +16,7 @@ from sweeper.backbones import Pretrained, load_pretrained
 from sweeper.cache import PrefixCache, default_cache_dir
 from sweeper.data import EncodedData, Splits, encode, load_raw, split_indices
 from sweeper.errors import UserError
+from sweeper.mlflow_writer import ProcessWriter
 from sweeper.progress import Progress
 from sweeper.redact import redact
 from sweeper.report import report_study, spec_files, write_report, write_summary
@@ -29,7 +30,7 @@ from sweeper.study import (
     run_trials,
     worker_id,
 )
-from sweeper.tracking import StudyTracker, mark_run_failed
+from sweeper.tracking import StudyTracker, end_running_runs_of, mark_run_failed
 from sweeper.trial import StudyRuntime, make_objective
 from sweeper.worker import (
     default_worker_count,
@@ -103,7 +104,7 @@ def run_study(spec_path: Path, options: Options, console: Console | None = None)
     workers = options.workers or 1
     if workers > 1:
         start_forkserver()  # it imports sweeper meanwhile
-    opened = _open(spec, options, console, sampler_salt=0)
+    opened = _open(spec, options, console, sampler_salt=0, runs_trials=workers == 1)
     _run(opened, spec_path, options, workers, console)
     return _finish(opened, options)
 
@@ -118,19 +119,44 @@ def run_worker(spec_path: Path, options: Options, console: Console | None = None
     if workers > 1:
         start_forkserver()  # it imports sweeper meanwhile
     # parallel workers must not draw the same random start-up parameters
-    opened = _open(spec, options, console, sampler_salt=os.getpid())
+    opened = _open(spec, options, console, sampler_salt=os.getpid(), runs_trials=workers == 1)
     _run(opened, spec_path, options, workers, console)
     return {"study": spec.study.name, "finished": finished_trials(opened.study), "total": opened.total}
 
 
-def _open(spec: Spec, options: Options, console: Console, sampler_salt: int) -> _OpenStudy:
-    """Check every input (raises UserError before anything is written), then open the study."""
+def _open(spec: Spec, options: Options, console: Console, sampler_salt: int, runs_trials: bool) -> _OpenStudy:
+    """Check every input (raises UserError before anything is written), then open the study.
+
+    Where trials run in this process, the MLflow writer process starts first: it imports MLflow
+    while the model loads (it writes nothing before the first trial), so the first trial's run
+    exists as soon as the trial starts."""
+    tracking = options.tracking()
+    writer = ProcessWriter(tracking)
+    if runs_trials:
+        writer.start()
+    try:
+        return _open_with(spec, options, console, sampler_salt, tracking, writer, runs_trials)
+    except BaseException:
+        writer.close()
+        raise
+
+
+def _open_with(
+    spec: Spec,
+    options: Options,
+    console: Console,
+    sampler_salt: int,
+    tracking: str,
+    writer,
+    runs_trials: bool,
+):
     pretrained, data, splits = prepare(spec, console)
     device = pick_device(options.device or spec.train.device)
     heartbeat = Heartbeat.from_env()
-    tracking = options.tracking()
-    storage = make_storage(options.storage_url(), _run_marker(tracking), heartbeat)
-    tracker = StudyTracker(tracking, spec.study.name)
+    storage = make_storage(options.storage_url(), _run_marker(tracking, spec.study.name), heartbeat)
+    tracker = StudyTracker(tracking, spec.study.name, writer=writer)
+    if runs_trials:
+        writer.open()  # the store exists now (the experiment is in it)
     lock = StudyLock(storage, spec.study.name)
     study = open_study(spec, storage, lock, sampler_salt)
     with lock:  # workers starting together make one parent run
@@ -194,7 +220,7 @@ def _end_last_trial_here(opened: _OpenStudy, reason: str) -> None:
     opened.tracker.flush()  # the run of the last trial exists, and its writes are in
     # a trial can be stopped after its run ended FINISHED but before Optuna was told: the run
     # follows the trial, FAILED
-    mark = _run_marker(opened.tracker.tracking_uri)
+    mark = _run_marker(opened.tracker.tracking_uri, opened.spec.study.name)
     fail_trials_of_workers(opened.study, {worker_id(): reason}, on_failed=mark)
     opened.tracker.end_running_runs_of_trial(mine[-1].number, reason)
 
@@ -213,17 +239,26 @@ def _run_processes(opened: _OpenStudy, spec_path: Path, options: Options, count:
         argv += ["--cache-dir", str(options.cache_dir.resolve())]
     device = options.device or opened.spec.train.device
     run_workers(
-        opened.study, opened.total, count, device, argv, env, _run_marker(options.tracking()), console
+        opened.study,
+        opened.total,
+        count,
+        device,
+        argv,
+        env,
+        _run_marker(options.tracking(), opened.spec.study.name),
+        console,
     )
 
 
-def _run_marker(tracking_uri: str):
+def _run_marker(tracking_uri: str, study_name: str):
     """What marks the MLflow run of a trial failed by another process (its worker died)."""
 
     def mark(trial, reason: str) -> None:
         run_id = trial.user_attrs.get("mlflow_run_id")
         if run_id:
             mark_run_failed(tracking_uri, run_id, reason)
+        else:  # the worker died before the run's id reached the trial (the run may exist)
+            end_running_runs_of(tracking_uri, study_name, trial.number, reason)
 
     return mark
 

@@ -57,7 +57,7 @@ class StudyTracker:
         >>> run.end("COMPLETE")
     """
 
-    def __init__(self, tracking_uri: str, study_name: str) -> None:
+    def __init__(self, tracking_uri: str, study_name: str, writer: ProcessWriter | None = None) -> None:
         self.tracking_uri = tracking_uri
         self.study_name = study_name
         self.client = MlflowClient(tracking_uri=tracking_uri)
@@ -68,7 +68,8 @@ class StudyTracker:
                 f"MLflow tracking URI {redact(tracking_uri)} is not usable: {redact(str(exc))[:300]}"
             ) from None
         self._parent_run_id: str | None = None
-        self._writer = ProcessWriter(tracking_uri)  # its child starts with the first trial
+        # its child starts with the first trial, unless the caller started it already
+        self._writer = writer or ProcessWriter(tracking_uri)
         weakref.finalize(self, self._writer.close)  # at the latest when the interpreter exits
 
     def flush(self) -> None:
@@ -152,13 +153,7 @@ class StudyTracker:
     def end_running_runs_of_trial(self, number: int, reason: str) -> int:
         """End FAILED every run of trial ``number`` still RUNNING (its worker was stopped between
         creating the run and ending it); returns how many."""
-        runs = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`optuna.trial` = '{number}' and attributes.status = 'RUNNING'",
-        )
-        for run in runs:
-            TrialRun.existing(self.client, run.info.run_id).end("FAIL", reason=reason)
-        return len(runs)
+        return _end_running_runs(self.client, self.experiment_id, number, reason)
 
     def log_report(self, folder: Path) -> None:
         self.client.log_artifacts(self.parent_run_id, str(folder), artifact_path="report")
@@ -256,6 +251,24 @@ class TrialRun:
         if not self._warned:
             self._warned = True
             log.warning("MLflow did not record a trial's run: %s", redact(str(exc))[:300])
+
+
+def _end_running_runs(client: MlflowClient, experiment_id: str, number: int, reason: str) -> int:
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`optuna.trial` = '{number}' and attributes.status = 'RUNNING'",
+    )
+    for run in runs:
+        TrialRun.existing(client, run.info.run_id).end("FAIL", reason=reason)
+    return len(runs)
+
+
+def end_running_runs_of(tracking_uri: str, study_name: str, number: int, reason: str) -> int:
+    """End FAILED the runs of trial ``number`` of a study still RUNNING, found by their tags: for a
+    trial whose worker died before the run's id reached the trial. Returns how many."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiment = client.get_experiment_by_name(study_name)
+    return 0 if experiment is None else _end_running_runs(client, experiment.experiment_id, number, reason)
 
 
 def mark_run_failed(tracking_uri: str, run_id: str, reason: str) -> bool:

@@ -205,3 +205,21 @@ def test_a_dead_writer_process_is_replaced_and_the_runs_it_made_still_end(tracki
         finished = client.get_run(run.created())
         assert finished.info.status == "FINISHED" and finished.data.metrics["value"] == value
     tracker.close()
+
+
+def test_a_dead_workers_run_without_its_id_on_the_trial_is_found_by_its_tags_and_failed(tracking_uri):
+    # the worker died after its run was created but before the run's id reached the trial
+    from sweeper.runner import _run_marker
+
+    tracker = StudyTracker(tracking_uri, "orphan")
+    orphan = tracker.start_trial(7, {}, {})
+    other = tracker.start_trial(8, {}, {})
+    tracker.flush()
+    trial = optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL)
+    trial.number = 7
+    _run_marker(tracking_uri, "orphan")(trial, "worker stopped sending heartbeats")
+    client = MlflowClient(tracking_uri)
+    failed = client.get_run(orphan.created())
+    assert failed.info.status == "FAILED" and "heartbeats" in failed.data.tags["sweeper.reason"]
+    assert client.get_run(other.created()).info.status == "RUNNING"  # trial 8 is not touched
+    tracker.close()

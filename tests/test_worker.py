@@ -161,7 +161,9 @@ def _kill_one_mid_trial(study: optuna.Study, workers: list[subprocess.Popen]) ->
 def test_a_worker_killed_mid_trial_is_replaced_and_the_study_still_ends_exact(
     workdir, tracking_uri, storage_url, tiny_bert
 ):
-    spec = _spec(workdir, tiny_bert, trials=6)
+    # trials of 10+ epochs (a few tenths of a second): long enough to be caught running with
+    # their MLflow run
+    spec = _spec(workdir, tiny_bert, trials=6, head_epochs=10, stage_epochs=3)
     env = _env(workdir, storage_url, tracking_uri)
     workers = [_sweeper("worker", str(spec), "--workers", "1", env=env, cwd=workdir) for _ in range(2)]
     try:
