@@ -254,13 +254,26 @@ def _sync_at_checkpoints(engine: sqlalchemy.Engine) -> None:
     engine.dispose()  # connections opened before the listener reconnect with it
 
 
+def _get_mysql_lock(connection: sqlalchemy.Connection, name: str) -> None:
+    """Wait for a MySQL/MariaDB named lock (held by the session until released or disconnected).
+    MariaDB takes no negative (endless) timeout: it answers NULL at once and locks nothing. So
+    wait in rounds of an hour, and make sure the answer is 1."""
+    while True:
+        got = connection.execute(sqlalchemy.text("SELECT GET_LOCK(:name, 3600)"), {"name": name}).scalar()
+        if got == 1:
+            return
+        if got is None:
+            raise RuntimeError(f"MySQL could not take the study lock {name!r}")
+
+
 class StudyLock:
     """A lock over one study, held by one worker process at a time, on any machine.
 
     It makes the steps that read and then write the study atomic across workers: creating the
     study and queueing its baselines, and claiming a trial only while the study is short of
     finished + running trials. PostgreSQL: a transaction-level advisory lock (released with the
-    transaction, or when the connection drops). SQLite: ``flock`` on a file beside the database
+    transaction, or when the connection drops). MySQL/MariaDB: a named lock of the session
+    (released, or dropped with the connection). SQLite: ``flock`` on a file beside the database
     (released when the process exits). ``release`` may be called early and again.
     """
 
@@ -285,7 +298,11 @@ class StudyLock:
             self._held = lock_file
         elif backend == "mysql":
             connection = self._engine.connect()
-            connection.execute(sqlalchemy.text("SELECT GET_LOCK(:name, -1)"), {"name": f"sweeper{self._key}"})
+            try:
+                _get_mysql_lock(connection, f"sweeper{self._key}")
+            except BaseException:
+                connection.close()
+                raise
             self._held = connection
         else:
             self._held = True

@@ -142,6 +142,27 @@ def tiny_bert(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def mysql_url() -> str:
+    """A fresh database on the MariaDB/MySQL server at 127.0.0.1:3306 (user root, no password),
+    dropped after the test."""
+    import pymysql
+
+    try:
+        admin = pymysql.connect(host="127.0.0.1", port=3306, user="root", connect_timeout=3, autocommit=True)
+    except pymysql.err.OperationalError as exc:
+        pytest.skip(f"no MySQL/MariaDB server reachable on 127.0.0.1:3306 ({exc})")
+    name = f"sweeper_test_{uuid.uuid4().hex[:12]}"
+    with admin.cursor() as cursor:
+        cursor.execute(f"CREATE DATABASE `{name}`")
+    try:
+        yield f"mysql+pymysql://root@127.0.0.1:3306/{name}"
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        admin.close()
+
+
+@pytest.fixture
 def postgres_url() -> str:
     """A fresh database on the PostgreSQL server at 127.0.0.1:5432 (trust auth, user postgres),
     dropped after the test."""

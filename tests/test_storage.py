@@ -1,6 +1,7 @@
 """The study DB for many workers: SQLite in WAL mode with a busy timeout (and refused on network
 filesystems), PostgreSQL with small pre-pinged pools, heartbeat settings, and the study lock that
-makes creating a study and claiming a trial atomic across processes."""
+makes creating a study and claiming a trial atomic across processes (on PostgreSQL, SQLite and
+MariaDB/MySQL)."""
 
 from __future__ import annotations
 
@@ -22,11 +23,11 @@ from tests.conftest import write_spec
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
+@pytest.fixture(params=["postgresql", "sqlite", "mysql"])
 def storage_url(request, tmp_path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'sweeper.db'}"
-    return request.getfixturevalue("postgres_url")
+    return request.getfixturevalue({"postgresql": "postgres_url", "mysql": "mysql_url"}[request.param])
 
 
 def test_sqlite_study_db_uses_wal_and_waits_for_the_write_lock(tmp_path):
