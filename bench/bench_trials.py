@@ -154,7 +154,8 @@ def _sync(device):
 
 def _sweep(study, storage, runtime: StudyRuntime, configs) -> float:
     """Run the configurations as the trials of ``study`` through sweeper's own trial loop (study
-    lock, trial claim, heartbeats, a garbage collection after each trial), as `sweeper study` does.
+    lock, trial claim, heartbeats, a garbage collection after a pruned or failed trial), as
+    `sweeper study` does.
 
     Returns the seconds the trials spent training (each trial's wall time less its bookkeeping):
     the rest of the sweep's time is what sweeper adds around the training.

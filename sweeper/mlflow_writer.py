@@ -94,9 +94,6 @@ class DirectWriter:
         future.set_result(perform(self.client, self._runs, op, key, args))
         return future
 
-    def close(self) -> None:
-        pass
-
 
 class ProcessWriter:
     """The writes made by a child process, in the order sent; each ``send`` returns at once with

@@ -135,32 +135,20 @@ def _open(spec: Spec, options: Options, console: Console, sampler_salt: int, run
     if runs_trials:
         writer.start()
     try:
-        return _open_with(spec, options, console, sampler_salt, tracking, writer, runs_trials)
+        pretrained, data, splits = prepare(spec, console)
+        device = pick_device(options.device or spec.train.device)
+        heartbeat = Heartbeat.from_env()
+        storage = make_storage(options.storage_url(), _run_marker(tracking, spec.study.name), heartbeat)
+        tracker = StudyTracker(tracking, spec.study.name, writer=writer)
+        if runs_trials:
+            writer.open()  # the store exists now (the experiment is in it)
+        lock = StudyLock(storage, spec.study.name)
+        study = open_study(spec, storage, lock, sampler_salt)
+        with lock:  # workers starting together make one parent run
+            tracker.describe_study(_flat_spec(spec), spec.source_path)
     except BaseException:
         writer.close()
         raise
-
-
-def _open_with(
-    spec: Spec,
-    options: Options,
-    console: Console,
-    sampler_salt: int,
-    tracking: str,
-    writer,
-    runs_trials: bool,
-):
-    pretrained, data, splits = prepare(spec, console)
-    device = pick_device(options.device or spec.train.device)
-    heartbeat = Heartbeat.from_env()
-    storage = make_storage(options.storage_url(), _run_marker(tracking, spec.study.name), heartbeat)
-    tracker = StudyTracker(tracking, spec.study.name, writer=writer)
-    if runs_trials:
-        writer.open()  # the store exists now (the experiment is in it)
-    lock = StudyLock(storage, spec.study.name)
-    study = open_study(spec, storage, lock, sampler_salt)
-    with lock:  # workers starting together make one parent run
-        tracker.describe_study(_flat_spec(spec), spec.source_path)
     total = options.trials or spec.budget.trials
     return _OpenStudy(spec, pretrained, data, splits, device, study, lock, tracker, heartbeat, total)
 

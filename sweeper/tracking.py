@@ -203,6 +203,7 @@ class TrialRun:
             self._warn(exc)
             self._ready.set_result(None)
             return
+        self.key = run_id  # later writes name the run by its id: a writer started since knows no key
         try:
             if on_created is not None:
                 on_created(run_id)
@@ -239,9 +240,7 @@ class TrialRun:
         self._send("end", (batch, params, tags, STATUS_OF_STATE[state]))
 
     def _send(self, op: str, args: tuple) -> None:
-        # by its id once it exists: a writer process started since (the first died) knows no key
-        key = self._ready.result() if isinstance(self._ready, Future) and self._ready.done() else self.key
-        self._writer.send(op, key or self.key, args).add_done_callback(self._check)
+        self._writer.send(op, self.key, args).add_done_callback(self._check)
 
     def _check(self, done: Future) -> None:
         if done.exception() is not None:
