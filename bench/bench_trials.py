@@ -43,17 +43,18 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from sweeper.cache import PrefixCache  # noqa: E402
-from sweeper.param_groups import make_optimizer  # noqa: E402
+from sweeper.config import TrialConfig  # noqa: E402
+from sweeper.device import autocast  # noqa: E402
+from sweeper.param_groups import build_param_groups, make_optimizer  # noqa: E402
 from sweeper.records import seconds_of  # noqa: E402
-from sweeper.runner import prepare  # noqa: E402
-from sweeper.search_space import TrialConfig  # noqa: E402
+from sweeper.runtime import StudyRuntime, prepare  # noqa: E402
 from sweeper.spec import bounds, load_spec  # noqa: E402
 from sweeper.stages import apply_stage  # noqa: E402
 from sweeper.storage import StudyLock, make_storage  # noqa: E402
 from sweeper.study import run_trials  # noqa: E402
 from sweeper.tracking import StudyTracker  # noqa: E402
-from sweeper.train import TrainSettings, autocast, evaluate  # noqa: E402
-from sweeper.trial import StudyRuntime, plan_for, run_trial  # noqa: E402
+from sweeper.train import TrainSettings, evaluate  # noqa: E402
+from sweeper.trial import run_trial  # noqa: E402
 
 
 def scenarios(num_blocks: int, fe_trials: int, epochs: int, fe_epochs: int) -> dict[str, list[TrialConfig]]:
@@ -126,9 +127,9 @@ def _plain_forward(backbone, head, data, batch, device):
 # ---------------------------------------------------------------- the bare loop (bf16 on a GPU)
 def bare_trial(runtime: StudyRuntime, config: TrialConfig) -> None:
     """sweeper's own training arithmetic with nothing around it: no Optuna, no MLflow, no progress."""
-    plan = plan_for(config, runtime.pretrained.num_blocks)
+    plan = config.plan(runtime.pretrained.num_blocks)
     model = runtime.pretrained.build(runtime.num_classes, trainable_from=plan.cut).to(runtime.device)
-    optimizer = make_optimizer(model, plan, config.head_lr, config.lr_ratio, 0.01)
+    optimizer = make_optimizer(build_param_groups(model, plan, config.lr_ratio), config.head_lr, 0.01)
     settings = TrainSettings(runtime.spec.train.batch_size, runtime.device)
     for stage in plan.stages:
         start = plan.entry(stage)
@@ -152,7 +153,7 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def _sweep(study, storage, runtime: StudyRuntime, configs) -> float:
+def _sweep(study, storage, runtime: StudyRuntime, tracker: StudyTracker, configs) -> float:
     """Run the configurations as the trials of ``study`` through sweeper's own trial loop (study
     lock, trial claim, heartbeats, a garbage collection after a pruned or failed trial), as
     `sweeper study` does.
@@ -162,11 +163,11 @@ def _sweep(study, storage, runtime: StudyRuntime, configs) -> float:
     """
     run_trials(
         study,
-        lambda trial: run_trial(runtime, trial, configs[trial.number]),
+        lambda trial: run_trial(runtime, tracker, trial, configs[trial.number]),
         len(configs),
         StudyLock(storage, study.study_name),
     )
-    runtime.tracker.flush()  # as `sweeper study` does before it returns
+    tracker.flush()  # as `sweeper study` does before it returns
     trials = study.get_trials(deepcopy=False)
     assert [t.state.name for t in trials] == ["COMPLETE"] * len(configs), "a benchmark trial failed"
     return sum(seconds_of(t, "wall") - seconds_of(t, "bookkeeping") for t in trials)
@@ -195,7 +196,8 @@ def run(args) -> dict:
     torch.manual_seed(0)
     spec = load_spec(args.spec)
     spec = spec.model_copy(update={"train": spec.train.model_copy(update={"device": args.device})})
-    pretrained, data, splits = prepare(spec)
+    prepared = prepare(spec, args.device)
+    pretrained, data, splits = prepared.pretrained, prepared.data, prepared.splits
     work = Path(tempfile.mkdtemp(prefix="sweeper-bench-"))
     storage = make_storage(f"sqlite:///{work / 'study.db'}")
     tracker = StudyTracker(args.tracking_uri or f"sqlite:///{work / 'mlflow.db'}", "bench")
@@ -212,7 +214,7 @@ def run(args) -> dict:
         if args.only and args.only not in name:
             continue
         cache = PrefixCache(work / f"cache-{len(rows)}")  # cold: building the cache is timed
-        runtime = StudyRuntime(spec, pretrained, data, splits, device, tracker, cache=cache)
+        runtime = StudyRuntime(prepared, cache)
 
         def new_study(kind: str) -> optuna.Study:
             return optuna.create_study(
@@ -222,10 +224,10 @@ def run(args) -> dict:
                 pruner=optuna.pruners.NopPruner(),
             )
 
-        epochs = sum(plan_for(c, pretrained.num_blocks).total_epochs for c in configs)
+        epochs = sum(c.plan(pretrained.num_blocks).total_epochs for c in configs)
         samples = train_examples * epochs
         study = new_study("cold")
-        sweeper_s, _ = _timed(device, _sweep, study, storage, runtime, configs)
+        sweeper_s, _ = _timed(device, _sweep, study, storage, runtime, tracker, configs)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         plain_s, _ = _timed(device, _plain_trials, pretrained, data, splits, configs, device, spec)
@@ -233,7 +235,7 @@ def run(args) -> dict:
         warm_runs, bare_runs = [], []
         for _ in range(args.repeats):
             bare_runs.append(_timed(device, _bare_trials, runtime, configs)[0])
-            warm_runs.append(_timed(device, _sweep, new_study("warm"), storage, runtime, configs))
+            warm_runs.append(_timed(device, _sweep, new_study("warm"), storage, runtime, tracker, configs))
         warm_s, training_s = min(warm_runs)
         overhead = warm_s - training_s
         bare_s = min(bare_runs)

@@ -11,8 +11,6 @@ size bound. Entries also stay in this process's memory up to a bound.
 from __future__ import annotations
 
 import fcntl
-import hashlib
-import json
 import logging
 import os
 import tempfile
@@ -24,37 +22,17 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from sweeper.backbones.base import State
+from sweeper.digests import digest
 
 log = logging.getLogger(__name__)
+
+State = dict[str, torch.Tensor]  # tensors batched on dim 0, as the backbones pass them
 
 FORMAT_VERSION = 1
 DEFAULT_MAX_BYTES = 20 * 2**30
 DEFAULT_MEMORY_BYTES = 3 * 2**30
 DEFAULT_MAX_ENTRY_BYTES = 8 * 2**30  # one entry is built in memory: keep it well under RAM
 SUFFIX = ".safetensors"
-
-
-def default_cache_dir() -> Path:
-    """$SWEEPER_CACHE_DIR, else $XDG_CACHE_HOME/sweeper, else ~/.cache/sweeper."""
-    if os.environ.get("SWEEPER_CACHE_DIR"):
-        return Path(os.environ["SWEEPER_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "sweeper"
-
-
-def digest(parts: dict) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:40]
-
-
-def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
-    """A digest of tensor contents (names, dtypes, shapes and bytes)."""
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:40]
 
 
 class PrefixCache:

@@ -1,4 +1,6 @@
-"""python -m sweeper {study,worker,report}: each subcommand parses its arguments and makes one call."""
+"""python -m sweeper {study,worker,report}: each subcommand parses its arguments and makes one
+call into sweeper.commands, whose outcome it prints. The heavy imports (torch, transformers,
+MLflow) wait until the arguments parse, so that --help answers at once."""
 
 from __future__ import annotations
 
@@ -7,10 +9,8 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
-from rich.markup import escape
 
-from sweeper.errors import UserError
-from sweeper.redact import redact
+from sweeper.settings import DEFAULT_SPEC, Options
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -66,9 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
         "every trial an MLflow run, and a report that decides.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_study(commands)
+    _add_worker(commands)
+    _add_report(commands)
+    return parser
 
+
+def _add_study(commands) -> None:
     study = commands.add_parser("study", help="run (or continue) a study up to its trial budget")
-    study.add_argument("spec", nargs="?", type=Path, help="study spec (default: studies/vader-minilm.toml)")
+    study.add_argument("spec", nargs="?", type=Path, help=f"study spec (default: {DEFAULT_SPEC})")
     _trial_options(study)
     study.add_argument(
         "--workers",
@@ -78,7 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--out", type=Path, help="report folder (default: reports/<study name>/)")
     _cache_options(study)
     _common(study)
+    study.set_defaults(run=_study)
 
+
+def _add_worker(commands) -> None:
     worker = commands.add_parser(
         "worker",
         help="join a study (from this or another machine) and run its trials until it is done",
@@ -86,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         "trials until it holds its total of finished trials. Start workers on as many machines as "
         "you like with the same --storage and --tracking-uri.",
     )
-    worker.add_argument("spec", type=Path, help="study spec")
+    worker.add_argument("spec", nargs="?", type=Path, help=f"study spec (default: {DEFAULT_SPEC})")
     worker.add_argument(
         "--workers",
         type=_positive_int,
@@ -95,13 +104,17 @@ def build_parser() -> argparse.ArgumentParser:
     _trial_options(worker)
     _cache_options(worker)
     _common(worker)
+    worker.set_defaults(run=_worker)
 
+
+def _add_report(commands) -> None:
     report = commands.add_parser("report", help="write report.md, report.html and report.json")
     report.add_argument(
         "spec",
-        nargs="+",
+        nargs="*",
         type=Path,
-        help="study spec; several specs, or a folder of them, add one table across the studies",
+        help=f"study spec (default: {DEFAULT_SPEC}); several specs, or a folder of them, add one "
+        "table across the studies",
     )
     report.add_argument(
         "--out",
@@ -110,17 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("--device", help="for the confirmation runs: auto (default), cpu, cuda or cuda:N")
     _common(report)
-    return parser
+    report.set_defaults(run=_report)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    console = Console(highlight=False, soft_wrap=True)
-    from sweeper import runner  # heavy imports after --help
-    from sweeper.study import TrialsKeepFailing
-    from sweeper.worker import Interrupted, WorkersStopped
-
-    options = runner.Options(
+def _options(args: argparse.Namespace) -> Options:
+    return Options(
         storage=args.storage,
         tracking_uri=args.tracking_uri,
         trials=getattr(args, "trials", None),
@@ -131,53 +138,33 @@ def main(argv: list[str] | None = None) -> int:
         cache_dir=getattr(args, "cache_dir", None),
         no_cache=getattr(args, "no_cache", False),
     )
-    try:
-        if args.command == "study":
-            outcome = runner.run_study(args.spec or runner.default_spec_path(), options, console)
-        elif args.command == "worker":
-            outcome = runner.run_worker(args.spec, options, console)
-        else:
-            outcome = runner.make_report(args.spec, options, console)
-    except UserError as exc:
-        console.print(f"[red]error:[/red] {escape(redact(str(exc)))}")
-        return exc.exit_code
-    except (TrialsKeepFailing, WorkersStopped) as exc:
-        console.print(f"[red]stopped:[/red] {escape(redact(str(exc)))}")
-        return 1
-    except KeyboardInterrupt as exc:
-        console.print("[red]interrupted[/red]: running trials were marked failed and their runs ended")
-        return exc.exit_code if isinstance(exc, Interrupted) else 130
-    if args.command == "worker":
-        console.print(
-            f"worker done: study {outcome['study']} holds {outcome['finished']}/{outcome['total']} "
-            "finished trials"
-        )
-    else:
-        _print_outcome(console, outcome, options)
-    return 0
 
 
-def _print_outcome(console: Console, outcome: dict, options) -> None:
-    from sweeper.runner import absolute_sqlite
+def _study(args: argparse.Namespace, console: Console):
+    from sweeper.commands import run_study
 
-    report, out, tracker = outcome.get("report"), outcome["out"], outcome["tracker"]
-    storage = absolute_sqlite(options.storage_url())
-    tracking = absolute_sqlite(options.tracking())
-    if report is None:  # several studies: one row each
-        from sweeper.render import render_summary_text
+    return run_study(args.spec, _options(args), console)
 
-        console.print("\n" + escape(render_summary_text(outcome["reports"])))
-    else:
-        console.print(f"\n[bold]decision: {report['decision'].replace('_', ' ')}[/bold]")
-        console.print(f"  {escape(report['reason'])}")
-    console.print(f"report:   {out}/report.md, report.html, report.json")
-    console.print(f"study DB: {redact(storage)}   (optuna-dashboard {redact(storage)})")
-    console.print(f"MLflow:   {redact(tracking)}")
-    if tracking.startswith("sqlite:"):
-        console.print(f"open it:  mlflow ui --backend-store-uri {tracking} --port 5000")
-        console.print(f"          then {tracker.runs_url()}")
-    else:
-        console.print(f"open it:  {tracker.runs_url(redact(tracking).rstrip('/'))}")
+
+def _worker(args: argparse.Namespace, console: Console):
+    from sweeper.commands import run_worker
+
+    return run_worker(args.spec, _options(args), console)
+
+
+def _report(args: argparse.Namespace, console: Console):
+    from sweeper.commands import make_report
+
+    return make_report(args.spec, _options(args), console)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line, run its command, print the outcome; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    console = Console(highlight=False, soft_wrap=True)
+    from sweeper.commands import exit_code  # the heavy imports (torch, MLflow) after --help
+
+    return exit_code(lambda: args.run(args, console), console)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,10 @@
 training split and scored on the held-out test split. Only this module touches the test split.
 
 The search picked each arm's best trial by its validation score, so that score is biased upwards
-(the winner of many noisy draws); fresh seeds scored on unseen examples are not. Runs are cached in
-the study's user attributes, keyed by configuration, seed and training settings, so rebuilding the
-report does not train again. The frozen-feature linear probe of the decision matrix lives here too.
+(the winner of many noisy draws); fresh seeds scored on unseen examples are not. A confirmation
+run is a `fit` run, as a trial is, with a confirmation seed. Runs are cached in the study's user
+attributes, keyed by configuration, seed and training settings, so rebuilding the report does not
+train again. The frozen-feature linear probe of the decision matrix lives here too.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import fields
 
 import numpy as np
 import optuna
@@ -22,27 +22,26 @@ import torch
 import torch.nn.functional as F
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeper.forgetting import ForgettingMeter
-from sweeper.param_groups import make_optimizer
-from sweeper.records import strategy_of
-from sweeper.search_space import TrialConfig
-from sweeper.similarity import linear_probe_score, pooled_features
+from sweeper.config import TrialConfig
+from sweeper.device import autocast
+from sweeper.fit import Timing, confirmation_seed, fit
+from sweeper.records import STRATEGIES, Strategy, StudyAttr, strategy_of
+from sweeper.runtime import StudyRuntime
+from sweeper.similarity import linear_probe_score
 from sweeper.spec import Spec
-from sweeper.train import TrainSettings, autocast, evaluate, train_staged
-from sweeper.trial import StudyRuntime, plan_for
+from sweeper.states import StateSource
+from sweeper.train import TrainSettings, evaluate
 
-STRATEGIES = ("feature_extraction", "fine_tuning")
-CACHE_PREFIX = "sweeper.confirm."
-PROBE_ATTR = "sweeper.probe"
-CACHE_VERSION = 1
-# confirmation seeds sit apart from the trials' seeds (spec seed * 100_003 + trial number)
-SEED_OFFSET = 50_000
+# version 2: runs train through `fit` (the batch order follows the spec's seed, [train] compile
+# applies), so runs cached by version 1 are not mixed with new ones
+CACHE_VERSION = 2
+PROBE_VERSION = 1
 
 RuntimeFactory = Callable[[], StudyRuntime]
 Say = Callable[[str], None]
 
 
-def best_trials(study: optuna.Study) -> dict[str, FrozenTrial | None]:
+def best_trials(study: optuna.Study) -> dict[Strategy, FrozenTrial | None]:
     """The best COMPLETE trial of each strategy, by the study's validation value."""
     completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     pick = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
@@ -51,12 +50,6 @@ def best_trials(study: optuna.Study) -> dict[str, FrozenTrial | None]:
         trials = [t for t in completed if strategy_of(t) == strategy]
         best[strategy] = pick(trials, key=lambda t: t.value) if trials else None
     return best
-
-
-def config_of(trial: FrozenTrial) -> TrialConfig:
-    """The trial's configuration, rebuilt from its Optuna params (the [search] keys)."""
-    names = {f.name for f in fields(TrialConfig)}
-    return TrialConfig(**{k: v for k, v in trial.params.items() if k in names})
 
 
 def confirm(
@@ -78,10 +71,10 @@ def confirm(
     for strategy, trial in best_trials(study).items():
         if trial is None:
             continue
-        config, fresh = config_of(trial), None
+        config, fresh = TrialConfig.from_params(trial.params), None
         runs[strategy] = []
         for seed in range(seeds):
-            key = CACHE_PREFIX + _cache_key(spec, config, seed)
+            key = StudyAttr.CONFIRMATION_PREFIX + _cache_key(spec, config, seed)
             cached = study.user_attrs.get(key)
             if cached is None and not train:
                 del runs[strategy]
@@ -89,7 +82,7 @@ def confirm(
             if cached is None:
                 fresh = fresh or runtime()
                 say(f"confirming {strategy.replace('_', ' ')} (trial {trial.number}) seed {seed + 1}/{seeds}")
-                cached = run_once(fresh, config, seed)
+                cached = run_once(fresh, config, confirmation_seed(seed))
                 study.set_user_attr(key, cached)
                 say(f"  test {_scores(cached)}; {cached['device_seconds']:.1f} device-seconds")
             runs[strategy].append(cached)
@@ -107,60 +100,37 @@ def _cache_key(spec, config: TrialConfig, seed: int) -> str:
 
 
 def run_once(runtime: StudyRuntime, config: TrialConfig, seed: int) -> dict:
-    """Train the configuration on the training split with this seed; score it on the test split.
+    """Train the configuration with this seed (a `fit` run); score it on the test split.
 
     ``prefix_seconds`` is the time to get the frozen-prefix states this plan trains from (computed
     by the first seed of an arm, then cached); ``train_seconds`` the staged training itself.
     """
-    spec = runtime.spec
     started = time.perf_counter()
-    plan = plan_for(config, runtime.pretrained.num_blocks)
-    # seed i of both arms: the same head initialisation and batch order (paired runs)
-    torch.manual_seed(spec.study.seed * 100_003 + SEED_OFFSET + seed)
-    model = runtime.pretrained.build(runtime.num_classes, trainable_from=plan.cut).to(runtime.device)
-    settings = TrainSettings(spec.train.batch_size, runtime.device, seed=SEED_OFFSET + seed)
-    optimizer = make_optimizer(model, plan, config.head_lr, config.lr_ratio, spec.train.weight_decay)
-
-    def sources_at(start: int):
-        return runtime.source(model, "train", start), runtime.source(model, "val", start)
-
-    prefix_started = time.perf_counter()
-    for stage in plan.stages:
-        sources_at(plan.entry(stage))
-    prefix_seconds = time.perf_counter() - prefix_started
-    # before training (the model is still pretrained), outside the timed work
-    meter = ForgettingMeter(runtime, model, plan) if plan.unfrozen_blocks else None
-    train_started = time.perf_counter()
-    last = frozenset({plan.total_epochs - 1}) if meter is not None else frozenset()
-    results = train_staged(
-        model, plan, optimizer, config.head_lr, sources_at, settings, lambda _result: None, last
-    )
-    train_seconds = time.perf_counter() - train_started
+    timing = Timing()
+    fitted = fit(runtime, config, seed, timing=timing)
     # the only place anything is scored on the test split
-    test = runtime.source(model, "test", plan.cut)
-    scores = evaluate(model, test, settings)
-    predictions, losses = _per_example(model, test, settings)
-    if meter is not None:
-        meter.measure(plan.stages[-1].index, results[-1].val_features)
+    settings = TrainSettings(runtime.spec.train.batch_size, runtime.device)
+    test = runtime.source(fitted.model, "test", fitted.plan.cut)
+    predictions, losses = _per_example(fitted.model, test, settings)
     return {
         "strategy": config.strategy,
         "params": config.params(),
         "seed": seed,
-        "test": scores,
-        "val": results[-1].val,
-        "prefix_seconds": prefix_seconds,
-        "train_seconds": train_seconds,
-        "device_seconds": prefix_seconds + train_seconds,
+        "test": evaluate(fitted.model, test, settings),
+        "val": fitted.epochs[-1].val,
+        "prefix_seconds": timing.prefix,
+        "train_seconds": timing.train,
+        "device_seconds": timing.device,
         "wall_seconds": time.perf_counter() - started,
         "device": runtime.device.type,
         "predictions": pack(predictions.numpy().astype(np.uint16)),
         "losses": pack(losses.numpy().astype(np.float16)),
-        "forgetting": meter.history[-1] if meter is not None else None,
+        "forgetting": fitted.forgetting[-1] if fitted.forgetting else None,
     }
 
 
 @torch.no_grad()
-def _per_example(model, source, settings: TrainSettings) -> tuple[torch.Tensor, torch.Tensor]:
+def _per_example(model, source: StateSource, settings: TrainSettings) -> tuple[torch.Tensor, torch.Tensor]:
     model.eval()
     predictions, losses = [], []
     for state, labels in source.batches(settings.batch_size * 4, settings.device):
@@ -186,27 +156,22 @@ def _scores(run: dict) -> str:
 def frozen_probe(study: optuna.Study, runtime: RuntimeFactory) -> dict:
     """A linear probe on the pretrained model's pooled features: trained on the training split,
     scored (balanced accuracy) on the validation split. Cached in the study."""
-    cached = study.user_attrs.get(PROBE_ATTR)
-    if cached is not None and cached.get("version") == CACHE_VERSION:
+    cached = study.user_attrs.get(StudyAttr.PROBE)
+    if cached is not None and cached.get("version") == PROBE_VERSION:
         return cached
     rt = runtime()
-    with torch.random.fork_rng(devices=[]):
-        model = rt.pretrained.build(rt.num_classes, trainable_from=rt.pretrained.num_blocks)
-        model.to(rt.device)
-    batch, top = rt.spec.train.batch_size * 4, model.num_blocks
     started = time.perf_counter()
-    train, val = rt.source(model, "train", top), rt.source(model, "val", top)
     score = linear_probe_score(
-        pooled_features(model, train, batch, rt.device),
-        train.labels,
-        pooled_features(model, val, batch, rt.device),
-        val.labels,
+        rt.pretrained_features("train"),
+        rt.data.labels[torch.as_tensor(rt.splits.train)],
+        rt.pretrained_features("val"),
+        rt.data.labels[torch.as_tensor(rt.splits.val)],
     )
     probe = {
-        "version": CACHE_VERSION,
+        "version": PROBE_VERSION,
         "balanced_accuracy": score,
         "num_classes": rt.num_classes,
         "seconds": time.perf_counter() - started,
     }
-    study.set_user_attr(PROBE_ATTR, probe)
+    study.set_user_attr(StudyAttr.PROBE, probe)
     return probe

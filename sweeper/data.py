@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from sweeper.digests import digest, tensor_digest
 from sweeper.errors import UserError
 from sweeper.spec import DataSection, Spec
 
@@ -29,19 +30,33 @@ class RawData:
     description: str
 
 
-LOADERS: dict[str, Callable[[DataSection, Spec], RawData]] = {}
+Loader = Callable[[DataSection, Spec], RawData]
+# the data kinds: [data] kind names one of these (a new kind is one decorated function)
+LOADERS: dict[str, Loader] = {}
 
 
 def loader(kind: str):
-    def register(fn: Callable[[DataSection, Spec], RawData]):
+    def register(fn: Loader) -> Loader:
         LOADERS[kind] = fn
         return fn
 
     return register
 
 
+def loader_for(spec: Spec) -> Loader:
+    """The spec's data kind, from the registry; an unknown kind is one UserError listing them."""
+    found = LOADERS.get(spec.data.kind)
+    if found is None:
+        raise UserError(
+            f"{spec.source_path}: [data] kind is {spec.data.kind!r}, but no data kind has that name; "
+            f"use one of: {', '.join(LOADERS)}"
+        )
+    return found
+
+
 def load_raw(spec: Spec) -> RawData:
-    raw = LOADERS[spec.data.kind](spec.data, spec)
+    """The spec's examples and labels, checked: at least 2 classes, 3 examples of each."""
+    raw = loader_for(spec)(spec.data, spec)
     counts = np.bincount(raw.labels, minlength=len(raw.classes))
     if len(raw.classes) < 2:
         raise UserError(f"[data] {raw.description} has {len(raw.classes)} class; need at least 2")
@@ -199,8 +214,6 @@ class EncodedData(Dataset):
 
     def fingerprint(self) -> str:
         """A digest of what the model will see: the cache key's data part."""
-        from sweeper.cache import digest, tensor_digest
-
         if self._tokens is not None:
             return tensor_digest({**self._tokens, "labels": self.labels})
         examples = [_example_identity(e) for e in self.raw.examples]
@@ -223,8 +236,6 @@ def _example_identity(example) -> str:
     if isinstance(example, str):
         stat = Path(example).stat()
         return f"{example}|{stat.st_size}|{stat.st_mtime_ns}"
-    from sweeper.cache import tensor_digest
-
     return tensor_digest({"x": example})
 
 

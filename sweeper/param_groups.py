@@ -21,10 +21,8 @@ def build_param_groups(model: BlockModel, plan: StagePlan, lr_ratio: float | Non
     return groups
 
 
-def make_optimizer(
-    model: BlockModel, plan: StagePlan, head_lr: float, lr_ratio: float | None, weight_decay: float
-) -> torch.optim.Optimizer:
-    groups = build_param_groups(model, plan, lr_ratio)
+def make_optimizer(groups: list[dict], head_lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW over the groups, each at ``head_lr * lr_scale``."""
     params = [p for group in groups for p in group["params"]]
     # one fused kernel per step instead of a loop over tensors: several times faster on CPU and GPU
     fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)

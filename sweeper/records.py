@@ -1,4 +1,8 @@
-"""What a trial leaves in the study beside its params and value, and how to read it back.
+"""The names sweeper writes into the study DB and MLflow, spelled once, and how to read them back.
+
+Several modules write these records (the trial, the study loop, recovery, the tracker) and others
+read them (the report, the plots, the tests, users' scripts): each Optuna user-attribute and MLflow
+tag name lives here, with the one derivation of a trial's strategy.
 
 A trial's seconds are one user attribute, ``seconds`` (``{"wall": .., "device": .., "bookkeeping":
 ..}``): each attribute is a database write, and a cached feature-extraction trial is short enough
@@ -8,23 +12,85 @@ earlier versions, with ``wall_seconds``, ``device_seconds`` and ``strategy`` att
 
 from __future__ import annotations
 
-from optuna.trial import FrozenTrial
+import os
+import socket
+from typing import TYPE_CHECKING, Literal
 
-SECONDS_ATTR = "seconds"
-KINDS = ("wall", "device", "bookkeeping")
+if TYPE_CHECKING:  # the records are read from Optuna trials; their names need no Optuna
+    from optuna.trial import FrozenTrial
+
+Strategy = Literal["feature_extraction", "fine_tuning"]
+FEATURE_EXTRACTION: Strategy = "feature_extraction"
+FINE_TUNING: Strategy = "fine_tuning"
+STRATEGIES: tuple[Strategy, Strategy] = (FEATURE_EXTRACTION, FINE_TUNING)
+
+
+class TrialAttr:
+    """Optuna user attributes of a trial."""
+
+    RUN_ID = "mlflow_run_id"  # its MLflow run (as optuna-integration's MLflowCallback names it)
+    WORKER = "worker"  # host:pid of the process that runs (or ran) it
+    FAIL_REASON = "fail_reason"
+    PRUNE_REASON = "prune_reason"
+    SECONDS = "seconds"  # {"wall", "device", "bookkeeping"}
+    FORGETTING = "forgetting"  # per fine-tuning stage: {"stage", "cka", "weight_change"}
+    STAGE_STARTS = "stage_starts"  # the epoch each stage begins at (fine-tuning trials)
+    BASELINE = "sweeper.baseline"  # the strategy of an enqueued baseline trial
+
+
+class StudyAttr:
+    """Optuna user attributes of a study."""
+
+    FINGERPRINT = "sweeper.fingerprint"  # what its trials measure; a changed spec is refused
+    PROBE = "sweeper.probe"  # the frozen-feature linear probe of the decision matrix
+    CONFIRMATION_PREFIX = "sweeper.confirm."  # + a key: one cached confirmation run
+
+
+class Tag:
+    """MLflow tags of the study's parent run and of each trial's run."""
+
+    ROLE = "sweeper.role"  # "study" on the parent run
+    STRATEGY = "sweeper.strategy"
+    REASON = "sweeper.reason"  # why a trial failed or was pruned
+    STAGE_STARTS = "sweeper.stage_starts"
+    UNFROZEN_BLOCKS = "unfrozen_blocks"
+    DECISION = "sweeper.decision"  # on the parent run: the report's decision
+    CONFIRMED = "sweeper.confirmed"  # on the parent run: whether the test split confirmed it
+    STUDY = "optuna.study"
+    TRIAL = "optuna.trial"
+    STATE = "optuna.state"
+
+
+SECONDS_KINDS = ("wall", "device", "bookkeeping")
+
+
+def strategy_for(unfrozen_blocks: int) -> Strategy:
+    """Feature extraction when no block is unfrozen, else fine-tuning."""
+    return FINE_TUNING if unfrozen_blocks else FEATURE_EXTRACTION
+
+
+def strategy_of(trial: FrozenTrial) -> Strategy | None:
+    """The trial's strategy; ``None`` for a trial that stopped before it had parameters."""
+    if "unfrozen_blocks" not in trial.params:
+        return trial.user_attrs.get("strategy")
+    return strategy_for(trial.params["unfrozen_blocks"])
 
 
 def seconds_of(trial: FrozenTrial, kind: str) -> float:
     """The trial's ``wall``, ``device`` or ``bookkeeping`` seconds (0 where not recorded)."""
-    recorded = trial.user_attrs.get(SECONDS_ATTR)
+    recorded = trial.user_attrs.get(TrialAttr.SECONDS)
     if isinstance(recorded, dict):
         return float(recorded.get(kind, 0.0))
     return float(trial.user_attrs.get(f"{kind}_seconds", 0.0))
 
 
-def strategy_of(trial: FrozenTrial) -> str | None:
-    """``feature_extraction`` (no block unfrozen) or ``fine_tuning``; ``None`` for a trial that
-    stopped before it had parameters."""
-    if "unfrozen_blocks" not in trial.params:
-        return trial.user_attrs.get("strategy")
-    return "fine_tuning" if trial.params["unfrozen_blocks"] else "feature_extraction"
+def stage_starts_of(trial: FrozenTrial) -> tuple[int, ...]:
+    """The epochs (numbered across stages, from 0) at which the trial's stages began: recorded by
+    fine-tuning trials; a feature-extraction trial has one stage. Fine-tuning trials of earlier
+    versions recorded them in MLflow only, and read as one stage here."""
+    return tuple(trial.user_attrs.get(TrialAttr.STAGE_STARTS) or (0,))
+
+
+def worker_id(pid: int | None = None) -> str:
+    """``host:pid`` of a worker process (this one by default), as its trials record it."""
+    return f"{socket.gethostname()}:{os.getpid() if pid is None else pid}"

@@ -6,32 +6,10 @@ each trial's run, so the optuna CLI, optuna-dashboard and the MLflow UI all spea
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import optuna
 
+from sweeper.config import TrialConfig
 from sweeper.spec import SearchSection, bounds, geometric_mid
-
-
-@dataclass(frozen=True)
-class TrialConfig:
-    unfrozen_blocks: int
-    head_lr: float
-    head_epochs: int
-    lr_ratio: float | None = None  # only when unfrozen_blocks > 0
-    stage_epochs: int | None = None
-    blocks_per_stage: int | None = None
-
-    @property
-    def strategy(self) -> str:
-        return "feature_extraction" if is_feature_extraction(self) else "fine_tuning"
-
-    def params(self) -> dict[str, float | int]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
-
-
-def is_feature_extraction(config: TrialConfig) -> bool:
-    return config.unfrozen_blocks == 0
 
 
 def suggest_config(trial: optuna.Trial, search: SearchSection) -> TrialConfig:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sweeper.train import autocast
+from sweeper.device import autocast
 
 
 def linear_cka(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray) -> float:

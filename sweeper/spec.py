@@ -15,8 +15,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from sweeper.errors import UserError
 
-DATA_KINDS = ("csv", "jsonl", "imagefolder", "vader_lexicon", "digits")
-
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -55,7 +53,7 @@ class ModelSection(_Section):
 
 
 class DataSection(_Section):
-    kind: Literal[DATA_KINDS]  # type: ignore[valid-type]
+    kind: Annotated[str, Field(min_length=1)]  # a name in data.LOADERS, checked when loading
     path: str | None = None
     text_column: str = "text"
     label_column: str = "label"

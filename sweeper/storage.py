@@ -6,8 +6,7 @@ disk only at checkpoints) and every connection waits up to a busy timeout for th
 'database is locked'. SQLite on a network filesystem is refused: its locks do not hold there.
 
 Every trial sends heartbeats; a trial whose worker stopped sending them (killed, machine lost) is
-failed by the next worker that looks, its MLflow run is marked failed, and its parameters are
-queued again.
+failed by the next worker that looks (recovery.py says what else happens then).
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ from pathlib import Path
 
 import optuna
 import sqlalchemy
-from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -36,10 +34,7 @@ from sweeper.redact import redact
 
 log = logging.getLogger(__name__)
 
-DEFAULT_STORAGE = "sqlite:///sweeper.db"
 SQLITE_BUSY_TIMEOUT_S = 60
-# a trial whose worker died is queued again at most this often
-MAX_RETRIES = 2
 # filesystem types (Linux /proc/mounts) on which SQLite's file locks are unreliable
 NETWORK_FILESYSTEMS = frozenset(
     {
@@ -95,16 +90,16 @@ def _seconds_from_env(name: str, default: int) -> int:
     return int(text)
 
 
-StaleTrialHook = Callable[[FrozenTrial, str], None]
+StaleTrialCallback = Callable[[optuna.Study, FrozenTrial], None]
 
 
 def make_storage(
-    url: str, on_stale_trial: StaleTrialHook | None = None, heartbeat: Heartbeat | None = None
+    url: str, heartbeat: Heartbeat | None = None, on_stale_trial: StaleTrialCallback | None = None
 ) -> optuna.storages.RDBStorage:
     """An RDB storage fit for its backend; an unusable URL is one UserError (password hidden).
 
-    ``on_stale_trial(trial, reason)`` runs for each trial failed because its worker went silent,
-    before its parameters are queued again.
+    ``on_stale_trial(study, trial)`` is Optuna's heartbeat-stale callback: it runs for each trial
+    failed because its worker went silent (recovery.StaleTrialCallback queues it again).
     """
     shown = redact(url)
     try:
@@ -121,9 +116,7 @@ def make_storage(
     try:
         if backend == "sqlite":
             _use_wal_journal(parsed.database)
-        storage = _rdb_storage(
-            url, _engine_kwargs(backend), heartbeat, _FailRunThenRetry(on_stale_trial, heartbeat)
-        )
+        storage = _rdb_storage(url, _engine_kwargs(backend), heartbeat, on_stale_trial)
         if backend == "sqlite":
             _sync_at_checkpoints(storage.engine)
         return storage
@@ -163,28 +156,6 @@ def _rdb_storage(url: str, engine_kwargs: dict, heartbeat: Heartbeat, on_stale) 
                 raise
             time.sleep(0.2 * (attempt + 1))
     raise AssertionError("unreachable")
-
-
-class _FailRunThenRetry:
-    """Optuna's heartbeat-stale callback: record why the trial failed, then queue its parameters."""
-
-    def __init__(self, on_stale_trial: StaleTrialHook | None, heartbeat: Heartbeat) -> None:
-        self.on_stale_trial = on_stale_trial
-        self.reason = (
-            f"worker stopped sending heartbeats for {heartbeat.grace}s (killed, or its machine was lost)"
-        )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            self._retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
-
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        log.warning("trial %d failed: %s; queued again", trial.number, self.reason)
-        if self.on_stale_trial is not None:
-            try:
-                self.on_stale_trial(trial, self.reason)
-            except Exception as exc:  # the MLflow record must not stop the study
-                log.warning("could not mark the run of trial %d failed: %s", trial.number, redact(str(exc)))
-        self._retry(study, trial)
 
 
 def check_sqlite_file(database: str | None, shown: str, mounts: str | None = None) -> None:

@@ -7,16 +7,16 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import os
-import socket
 import time
-import warnings
 from collections.abc import Callable
 
 import optuna
+import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeper.errors import UserError
+from sweeper.records import StudyAttr, TrialAttr, worker_id
+from sweeper.recovery import reap_stale_trials
 from sweeper.search_space import baseline_configs, max_total_epochs
 from sweeper.spec import Spec
 from sweeper.storage import StudyLock
@@ -24,14 +24,8 @@ from sweeper.storage import StudyLock
 log = logging.getLogger(__name__)
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-FINGERPRINT_ATTR = "sweeper.fingerprint"
-WORKER_ATTR = "worker"  # host:pid of the process that runs (or ran) the trial
 # failures in a row after which a worker gives up: its setup is broken, not one trial
 FAILURES_IN_A_ROW_LIMIT = 3
-
-
-def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def make_pruner(spec: Spec) -> optuna.pruners.BasePruner:
@@ -72,7 +66,7 @@ def open_study(spec: Spec, storage: optuna.storages.BaseStorage, lock: StudyLock
             for config in baseline_configs(spec.search):
                 study.enqueue_trial(
                     config.params(),
-                    user_attrs={"sweeper.baseline": config.strategy},
+                    user_attrs={TrialAttr.BASELINE: config.strategy},
                     skip_if_exists=True,
                 )
     return study
@@ -88,9 +82,9 @@ def _existing_trial_count(storage, name: str) -> int:
 
 def _check_fingerprint(study: optuna.Study, spec: Spec) -> None:
     wanted = json.loads(json.dumps(spec.search_fingerprint()))
-    stored = study.user_attrs.get(FINGERPRINT_ATTR)
+    stored = study.user_attrs.get(StudyAttr.FINGERPRINT)
     if stored is None:
-        study.set_user_attr(FINGERPRINT_ATTR, wanted)
+        study.set_user_attr(StudyAttr.FINGERPRINT, wanted)
         return
     if stored != wanted:
         changed = _describe_changes(stored, wanted)
@@ -174,7 +168,7 @@ def _run_one_trial(study: optuna.Study, objective, lock: StudyLock, failures: _R
         # the trial is RUNNING in the storage now: every other worker counts it
         lock.release()
         claimed.append(trial.number)
-        trial.set_user_attr(WORKER_ATTR, worker_id())
+        trial.set_user_attr(TrialAttr.WORKER, worker_id())
         return objective(trial)
 
     try:
@@ -200,40 +194,9 @@ def _state_of(study: optuna.Study, number: int) -> TrialState:
 
 
 def _free_memory() -> None:
-    import torch
-
     gc.collect()
     if torch.cuda.is_initialized():
         torch.cuda.empty_cache()
-
-
-def reap_stale_trials(study: optuna.Study) -> None:
-    """Fail the running trials whose worker stopped sending heartbeats (and queue them again)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
-
-
-def fail_trials_of_workers(
-    study: optuna.Study, workers: dict[str, str], on_failed: Callable[[FrozenTrial, str], None] | None
-) -> list[int]:
-    """Fail the trials still RUNNING under the given workers (``{worker id: reason}``), which are
-    known to have exited; returns their numbers."""
-    failed = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        reason = workers.get(trial.user_attrs.get(WORKER_ATTR, ""))
-        if reason is None:
-            continue
-        try:
-            # the reason first: once the trial is finished, Optuna takes no more attributes
-            study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
-            study.tell(trial.number, state=TrialState.FAIL)
-        except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
-            continue  # it ended meanwhile
-        failed.append(trial.number)
-        if on_failed is not None:
-            on_failed(trial, reason)
-    return failed
 
 
 class _RepeatedFailures:
@@ -249,7 +212,7 @@ class _RepeatedFailures:
         self.last_state = trial.state
         if trial.state == TrialState.FAIL:
             self.in_a_row += 1
-            self.last_reason = trial.user_attrs.get("fail_reason", "")
+            self.last_reason = trial.user_attrs.get(TrialAttr.FAIL_REASON, "")
         else:
             self.in_a_row = 0
 

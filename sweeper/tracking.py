@@ -25,17 +25,18 @@ from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
-from mlflow.entities import Param
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from sweeper.errors import UserError
 from sweeper.mlflow_writer import PENDING, DirectWriter, MlflowWriteError, ProcessWriter
+from sweeper.records import Tag
 from sweeper.redact import redact
 
 log = logging.getLogger(__name__)
 
-ROLE_TAG = "sweeper.role"
+ROLE_TAG = Tag.ROLE
 # epoch metrics wait at most this long before they are written: a trial of short epochs makes
 # one write at its end instead of one per epoch, a trial of long epochs still writes every epoch
 LOG_EVERY_SECONDS = 5.0
@@ -88,7 +89,7 @@ class StudyTracker:
         if found is not None:
             return found.experiment_id
         try:
-            return self.client.create_experiment(self.study_name, tags={"optuna.study": self.study_name})
+            return self.client.create_experiment(self.study_name, tags={Tag.STUDY: self.study_name})
         except MlflowException:  # another worker created it first
             return self.client.get_experiment_by_name(self.study_name).experiment_id
 
@@ -105,7 +106,7 @@ class StudyTracker:
                 run = self.client.create_run(
                     self.experiment_id,
                     run_name=f"study-{self.study_name}",
-                    tags={ROLE_TAG: "study", "optuna.study": self.study_name},
+                    tags={ROLE_TAG: "study", Tag.STUDY: self.study_name},
                 )
                 self.client.set_terminated(run.info.run_id, "FINISHED")
                 self._parent_run_id = run.info.run_id
@@ -134,8 +135,8 @@ class StudyTracker:
         creation, in order."""
         tags = {
             MLFLOW_PARENT_RUN_ID: self.parent_run_id,
-            "optuna.study": self.study_name,
-            "optuna.trial": str(number),
+            Tag.STUDY: self.study_name,
+            Tag.TRIAL: str(number),
             **tags,
         }
 
@@ -157,6 +158,17 @@ class StudyTracker:
 
     def log_report(self, folder: Path) -> None:
         self.client.log_artifacts(self.parent_run_id, str(folder), artifact_path="report")
+
+    def summarize_study(self, metrics: dict[str, float], tags: dict[str, str]) -> None:
+        """The study's figures on its parent run, where the runs table shows their latest values;
+        the run's end moves to now, so that its duration there is the study's so far."""
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            self.parent_run_id,
+            metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+            tags=[RunTag(k, redact(str(v))[:5000]) for k, v in tags.items()],
+        )
+        self.client.set_terminated(self.parent_run_id, "FINISHED", end_time=now)
 
     def runs_url(self, ui_address: str = "http://127.0.0.1:5000") -> str:
         return f"{ui_address}/#/experiments/{self.experiment_id}/runs"
@@ -234,9 +246,9 @@ class TrialRun:
         now = int(time.time() * 1000)
         batch = self._pending + [(k, float(v), now, 0) for k, v in (metrics or {}).items()]
         params, self._pending, self._params = self._params, [], []
-        tags = [("optuna.state", state)]
+        tags = [(Tag.STATE, state)]
         if reason:
-            tags.append(("sweeper.reason", redact(reason)[:5000]))
+            tags.append((Tag.REASON, redact(reason)[:5000]))
         self._send("end", (batch, params, tags, STATUS_OF_STATE[state]))
 
     def _send(self, op: str, args: tuple) -> None:
@@ -255,7 +267,7 @@ class TrialRun:
 def _end_running_runs(client: MlflowClient, experiment_id: str, number: int, reason: str) -> int:
     runs = client.search_runs(
         [experiment_id],
-        filter_string=f"tags.`optuna.trial` = '{number}' and attributes.status = 'RUNNING'",
+        filter_string=f"tags.`{Tag.TRIAL}` = '{number}' and attributes.status = 'RUNNING'",
     )
     for run in runs:
         TrialRun.existing(client, run.info.run_id).end("FAIL", reason=reason)

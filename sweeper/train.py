@@ -1,23 +1,26 @@
-"""The plain staged training loop. It imports neither Optuna nor MLflow: it reports each epoch
-through a callback, which may raise to stop the trial (pruning)."""
+"""The plain staged training loop: every stage of a plan, an epoch at a time, evaluated after each.
+
+It imports neither Optuna nor MLflow: it reports each epoch through a callback, which may raise to
+stop the run (pruning). Where the states of each stage come from is `states.py`'s business; what
+to train and how is `fit.py`'s.
+"""
 
 from __future__ import annotations
 
 import math
-import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import nullcontext
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Subset
 
-from sweeper.backbones.base import BlockModel, State
+from sweeper.backbones.base import BlockModel
+from sweeper.device import autocast
+from sweeper.methods import Method
 from sweeper.param_groups import set_learning_rate
-from sweeper.stages import StagePlan, apply_stage
+from sweeper.stages import StagePlan
+from sweeper.states import StateSource
 
 
 class NonFiniteLossError(RuntimeError):
@@ -32,91 +35,6 @@ class EpochResult:
     val: dict[str, float]
     seconds: float
     val_features: torch.Tensor | None = None  # pooled, on the CPU, when the caller asked for them
-
-
-class StateSource:
-    """Batches of (state entering block ``start``, labels): precomputed tensors (held on the
-    training device when they fit), or computed live from the inputs when the prefix is not cached.
-    """
-
-    def __init__(
-        self,
-        start: int,
-        labels: torch.Tensor,
-        states: State | None = None,
-        live=None,
-        device: torch.device | None = None,
-    ):
-        self.start = start
-        self.labels = labels
-        self._states = _onto(states, device) if states is not None else None
-        # labels live beside the states, so that a batch is sliced where it is used
-        self._labels = labels.to(_home(self._states)) if self._states is not None else labels
-        self._live = live  # (model, dataset, indices) for the uncached path
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def batches(
-        self, batch_size: int, device: torch.device, generator: torch.Generator | None = None
-    ) -> Iterator[tuple[State, torch.Tensor]]:
-        order = (
-            torch.randperm(len(self), generator=generator)
-            if generator is not None
-            else torch.arange(len(self))
-        )
-        if self._states is None:
-            yield from self._live_batches(order.split(batch_size), device)
-            return
-        # one copy of the order per epoch, not one per batch: slicing then never waits on the GPU
-        for chunk in order.to(_home(self._states), non_blocking=True).split(batch_size):
-            state = {k: v[chunk].to(device, non_blocking=True) for k, v in self._states.items()}
-            yield state, self._labels[chunk].to(device, non_blocking=True)
-
-    def _live_batches(self, chunks, device: torch.device):
-        model, dataset, indices = self._live
-        loader = DataLoader(
-            Subset(dataset, [int(i) for i in indices]),
-            batch_sampler=[c.tolist() for c in chunks],
-            num_workers=_loader_workers(dataset),
-            pin_memory=device.type == "cuda",
-            # its own generator: iterating must not draw from the global RNG that dropout uses
-            generator=torch.Generator(),
-        )
-        for inputs, labels in loader:
-            inputs = {k: _to_device(v, device) for k, v in inputs.items()}
-            with torch.no_grad(), autocast(device):
-                state = model.prefix(inputs, self.start)
-            yield state, labels.to(device, non_blocking=True)
-
-
-def _loader_workers(dataset) -> int:
-    # decoding images is worth extra processes; indexing token tensors is not
-    if getattr(dataset, "raw", None) is not None and dataset.raw.modality == "image":
-        return min(4, max(0, (os.cpu_count() or 1) - 1))
-    return 0
-
-
-def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    tensor = tensor.to(device, non_blocking=True)
-    if device.type == "cuda" and tensor.dim() == 4:
-        tensor = tensor.contiguous(memory_format=torch.channels_last)
-    return tensor
-
-
-def _home(states: State) -> torch.device:
-    return next(iter(states.values())).device
-
-
-def _onto(states: State, device: torch.device | None) -> State:
-    """Cached states go to the GPU once, not once per batch, when they fit."""
-    if device is None or device.type != "cuda":
-        return states
-    try:
-        return {k: _to_device(v, device) for k, v in states.items()}
-    except torch.OutOfMemoryError:
-        torch.cuda.empty_cache()
-        return {k: v.pin_memory() for k, v in states.items()}
 
 
 @dataclass
@@ -138,6 +56,8 @@ def train_staged(
     settings: TrainSettings,
     on_epoch: Callable[[EpochResult], None],
     features_at: frozenset[int] = frozenset(),
+    *,
+    method: Method,
 ) -> list[EpochResult]:
     """Run every stage of the plan; after each epoch evaluate and call ``on_epoch``.
 
@@ -154,7 +74,7 @@ def train_staged(
         start = plan.entry(stage)
         train_data, val_data = sources_at(start)
         # unfreeze: flags and modes come from the plan, never from the previous stage
-        apply_stage(model, plan, stage)
+        method.apply_stage(model, plan, stage)
         set_learning_rate(optimizer, head_lr)
         for _ in range(stage.epochs):
             started = time.perf_counter()
@@ -162,7 +82,7 @@ def train_staged(
             features: list[torch.Tensor] | None = [] if epoch in features_at else None
             val_metrics = evaluate(model, val_data, settings, features)
             # evaluate() put every part in eval mode; restore the stage's modes
-            apply_stage(model, plan, stage)
+            method.apply_stage(model, plan, stage)
             seconds = time.perf_counter() - started
             result = EpochResult(
                 epoch,
@@ -235,53 +155,3 @@ def macro_f1(predicted: torch.Tensor, truth: torch.Tensor, num_classes: int) -> 
         if tp + fp + fn:
             scores.append(2 * tp / (2 * tp + fp + fn))
     return sum(scores) / len(scores) if scores else 0.0
-
-
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA; nothing on the CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
-
-
-@torch.no_grad()
-def compute_states(model: BlockModel, dataset, indices, upto: int, batch_size: int, device) -> State:
-    """The states entering block ``upto`` for the given examples, on the CPU, padded alike."""
-    model.eval()
-    indices = np.asarray(indices)
-    order = _by_length(dataset, indices)  # batches of like lengths carry little padding
-    ordered = indices[order.numpy()]
-    source = StateSource(upto, dataset.labels[torch.as_tensor(ordered)], live=(model, dataset, ordered))
-    chunks = [{k: v.cpu() for k, v in state.items()} for state, _ in source.batches(batch_size, device)]
-    restore = torch.empty_like(order)
-    restore[order] = torch.arange(len(order))
-    return {key: _cat_padded([c[key] for c in chunks])[restore] for key in chunks[0]}
-
-
-def _by_length(dataset, indices: np.ndarray) -> torch.Tensor:
-    lengths = dataset.lengths() if hasattr(dataset, "lengths") else None
-    if lengths is None:
-        return torch.arange(len(indices))
-    return torch.argsort(lengths[torch.as_tensor(indices)], stable=True)
-
-
-@torch.no_grad()
-def advance_states(model: BlockModel, states: State, start: int, stop: int, batch_size: int, device) -> State:
-    """States entering block ``stop``, from cached states entering block ``start`` (start <= stop)."""
-    model.eval()
-    count = len(next(iter(states.values())))
-    chunks = []
-    for chunk in torch.arange(count).split(batch_size):
-        state = {k: v[chunk].to(device) for k, v in states.items()}
-        with autocast(device):
-            state = model.run_blocks(state, start, stop)
-        chunks.append({k: v.cpu() for k, v in state.items()})
-    return {key: _cat_padded([c[key] for c in chunks]) for key in chunks[0]}
-
-
-def _cat_padded(tensors: list[torch.Tensor]) -> torch.Tensor:
-    # text states are trimmed per batch; pad the sequence dim back so batches stack
-    if tensors[0].dim() >= 2 and len({t.shape[1] for t in tensors}) > 1:
-        width = max(t.shape[1] for t in tensors)
-        tensors = [F.pad(t, [0, 0] * (t.dim() - 2) + [0, width - t.shape[1]]) for t in tensors]
-    return torch.cat(tensors)

@@ -116,6 +116,17 @@ def _to_toml(sections: dict) -> str:
     return "\n".join(out)
 
 
+def runtime_for(spec_path: Path, cache="memory"):
+    """A study runtime of the spec on the CPU: its model and data loaded, a prefix cache in memory
+    (or ``cache``: a PrefixCache, or None for none)."""
+    from sweeper.cache import PrefixCache
+    from sweeper.runtime import StudyRuntime, prepare
+    from sweeper.spec import load_spec
+
+    spec = load_spec(spec_path)
+    return StudyRuntime(prepare(spec, "cpu"), PrefixCache(None) if cache == "memory" else cache)
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
     """A 2-layer BERT with 32-wide states and the MiniLM tokenizer, saved as a local model folder:

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from sweeper import runner
+from sweeper import commands
+from sweeper.settings import Options
 from tests.conftest import write_spec
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -51,9 +52,9 @@ def sync_playwright():
 
 def test_mlflow_lists_every_trial_and_the_report_images_load(workdir, tracking_uri, sync_playwright):
     spec = write_spec(workdir, budget={"trials": TRIALS, "pruner": "none", "confirm_seeds": 2})
-    runner.run_study(spec, runner.Options(trials=TRIALS, tracking_uri=tracking_uri))
-    outcome = runner.make_report([spec], runner.Options(tracking_uri=tracking_uri))
-    report_page = (outcome["out"] / "report.html").resolve()
+    commands.run_study(spec, Options(trials=TRIALS, tracking_uri=tracking_uri))
+    outcome = commands.make_report([spec], Options(tracking_uri=tracking_uri))
+    report_page = (outcome.out / "report.html").resolve()
 
     with _mlflow_server(tracking_uri, workdir) as address, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
@@ -72,7 +73,7 @@ def test_mlflow_lists_every_trial_and_the_report_images_load(workdir, tracking_u
         page.goto(report_page.as_uri(), wait_until="load")
         page.wait_for_function("Array.from(document.images).every(image => image.complete)")
         widths = page.eval_on_selector_all("img", "images => images.map(image => image.naturalWidth)")
-        assert len(widths) == len(outcome["report"]["plots"]) >= 4
+        assert len(widths) == len(outcome.reports[0].plots) >= 4
         assert all(width > 0 for width in widths), widths
         assert page.locator("img[src^='data:image/png;base64,']").count() == len(widths)
         browser.close()

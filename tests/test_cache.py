@@ -12,11 +12,12 @@ import pytest
 import torch
 
 from sweeper.cache import PrefixCache
-from sweeper.runner import prepare
-from sweeper.search_space import TrialConfig
+from sweeper.config import TrialConfig
+from sweeper.digests import tensor_digest
+from sweeper.runtime import StudyRuntime, prepare
 from sweeper.spec import load_spec
 from sweeper.tracking import StudyTracker
-from sweeper.trial import StudyRuntime, run_trial
+from sweeper.trial import run_trial
 from tests.conftest import write_spec
 
 
@@ -109,26 +110,24 @@ def test_concurrent_workers_compute_a_shared_entry_once(tmp_path):
 def prepared(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cache-spec")
     spec = load_spec(write_spec(folder, search={"head_epochs": 2, "stage_epochs": 2}))
-    return spec, *prepare(spec)
+    return prepare(spec, "cpu")
 
 
-def _runtime(prepared, tracker: StudyTracker, cache: PrefixCache | None) -> StudyRuntime:
-    spec, pretrained, data, splits = prepared
-    return StudyRuntime(spec, pretrained, data, splits, torch.device("cpu"), tracker, cache=cache)
+def _runtime(prepared, cache: PrefixCache | None) -> StudyRuntime:
+    return StudyRuntime(prepared, cache)
 
 
 @pytest.mark.parametrize("blocks", [0, 1])
 def test_the_same_seed_gives_the_same_metric_with_and_without_the_cache(
     prepared, tmp_path, tracking_uri, blocks
 ):
-    spec, pretrained, data, splits = prepared
     config = TrialConfig(blocks, 0.005, 2, *((0.1, 2, 1) if blocks else ()))
     values = {}
     for name, cache in (("cached", PrefixCache(tmp_path / "cache")), ("uncached", None)):
-        runtime = _runtime(prepared, StudyTracker(tracking_uri, spec.study.name), cache)
+        runtime = _runtime(prepared, cache)
         study = optuna.create_study(direction="maximize")
         trial = study.ask()
-        run_trial(runtime, trial, config)
+        run_trial(runtime, StudyTracker(tracking_uri, prepared.spec.study.name), trial, config)
         values[name] = study._storage.get_trial(trial._trial_id).intermediate_values
     assert values["cached"].keys() == values["uncached"].keys()
     for step in values["cached"]:
@@ -138,8 +137,8 @@ def test_the_same_seed_gives_the_same_metric_with_and_without_the_cache(
 def test_random_augmentation_turns_caching_off_and_says_so(prepared, tracking_uri, caplog):
     from torchvision.transforms import v2
 
-    spec, pretrained, data, splits = prepared
-    runtime = _runtime(prepared, StudyTracker(tracking_uri, "aug"), PrefixCache(None))
+    pretrained, data = prepared.pretrained, prepared.data
+    runtime = _runtime(prepared, PrefixCache(None))
     data._transform = v2.Compose([v2.RandomHorizontalFlip(), v2.ToDtype(torch.float32)])
     try:
         with caplog.at_level(logging.WARNING):
@@ -180,7 +179,7 @@ def test_the_cli_caches_in_cache_dir_and_not_with_no_cache(workdir, tracking_uri
 
 
 def test_a_model_copies_only_the_blocks_it_may_train(prepared):
-    spec, pretrained, data, splits = prepared
+    pretrained = prepared.pretrained
     original = pretrained.family.cut(pretrained.module, 3)
     model = pretrained.build(3, trainable_from=4)
     assert model.stem.embeddings is original.stem.embeddings
@@ -192,38 +191,38 @@ def test_a_model_copies_only_the_blocks_it_may_train(prepared):
 
 
 def test_fine_tuning_trials_leave_the_shared_pretrained_weights_untouched(prepared, tracking_uri):
-    from sweeper.cache import tensor_digest
-
-    spec, pretrained, data, splits = prepared
+    pretrained = prepared.pretrained
     before = tensor_digest(dict(pretrained.module.state_dict()))
-    runtime = _runtime(prepared, StudyTracker(tracking_uri, spec.study.name), PrefixCache(None))
+    runtime = _runtime(prepared, PrefixCache(None))
+    tracker = StudyTracker(tracking_uri, prepared.spec.study.name)
     study = optuna.create_study(direction="maximize")
     for config in (TrialConfig(2, 0.005, 1, 0.5, 1, 1), TrialConfig(0, 0.005, 1)):
         trial = study.ask()
-        study.tell(trial, run_trial(runtime, trial, config))
+        study.tell(trial, run_trial(runtime, tracker, trial, config))
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
     assert tensor_digest(dict(pretrained.module.state_dict())) == before
 
 
 def test_the_evaluation_hands_over_the_features_a_second_pass_would_compute(prepared, tracking_uri):
-    from sweeper.param_groups import make_optimizer
+    from sweeper.methods import StagedUnfreezing
+    from sweeper.param_groups import build_param_groups, make_optimizer
     from sweeper.similarity import pooled_features
     from sweeper.train import TrainSettings, train_staged
-    from sweeper.trial import plan_for
 
-    spec, pretrained, data, splits = prepared
-    runtime = _runtime(prepared, StudyTracker(tracking_uri, spec.study.name), PrefixCache(None))
-    plan = plan_for(TrialConfig(1, 0.005, 1, 0.5, 1, 1), pretrained.num_blocks)
+    spec, pretrained = prepared.spec, prepared.pretrained
+    runtime = _runtime(prepared, PrefixCache(None))
+    plan = TrialConfig(1, 0.005, 1, 0.5, 1, 1).plan(pretrained.num_blocks)
     model = pretrained.build(runtime.num_classes, trainable_from=plan.cut)
     results = train_staged(
         model,
         plan,
-        make_optimizer(model, plan, 0.005, 0.5, 0.0),
+        make_optimizer(build_param_groups(model, plan, 0.5), 0.005, 0.0),
         0.005,
         lambda start: (runtime.source(model, "train", start), runtime.source(model, "val", start)),
         TrainSettings(spec.train.batch_size),
         lambda _result: None,
         features_at=frozenset({1}),
+        method=StagedUnfreezing(),
     )
     assert results[0].val_features is None  # the head-only epoch: not asked for
     again = pooled_features(model, runtime.source(model, "val", plan.cut), 64, torch.device("cpu"))

@@ -11,10 +11,11 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from sweeper import confirm, runner, trial
+from sweeper import commands, confirm, fit, runtime
 from sweeper import train as train_module
 from sweeper.records import strategy_of
-from sweeper.trial import StudyRuntime
+from sweeper.runtime import StudyRuntime
+from sweeper.settings import Options
 from tests.conftest import write_spec
 
 
@@ -48,8 +49,7 @@ def splits_used(monkeypatch) -> dict[str, list[str]]:
     monkeypatch.setattr(StudyRuntime, "source", recorded_source)
     monkeypatch.setattr(train_module, "evaluate", recorded_evaluate)
     monkeypatch.setattr(confirm, "evaluate", recorded_evaluate)
-    monkeypatch.setattr(trial, "train_staged", recorded_train_staged)
-    monkeypatch.setattr(confirm, "train_staged", recorded_train_staged)
+    monkeypatch.setattr(fit, "train_staged", recorded_train_staged)
     return used
 
 
@@ -59,35 +59,36 @@ def test_only_confirmation_touches_the_test_split_and_its_runs_are_cached(
     folder = workdir / "studies"
     folder.mkdir()
     spec = write_spec(folder, budget={"trials": 3, "pruner": "none", "confirm_seeds": 2})
-    options = runner.Options(tracking_uri=tracking_uri)
+    options = Options(tracking_uri=tracking_uri)
 
     # the search: trains on train, validates on val, never reads test
-    searched = runner.run_study(spec, runner.Options(trials=3, tracking_uri=tracking_uri))["report"]
+    searched = commands.run_study(spec, Options(trials=3, tracking_uri=tracking_uri)).report
     assert set(splits_used["trained"]) == {"train"} and set(splits_used["validated"]) == {"val"}
     assert "test" not in splits_used["sources"] and "test" not in splits_used["scored"]
-    assert not searched["confirmed"] and searched["reason"].startswith("provisional rule")
+    assert not searched.confirmed and searched.reason.startswith("provisional rule")
 
     # confirmation: 2 arms x 2 seeds, trained on train and scored on test once each
     for key in splits_used:
         splits_used[key].clear()
-    report = runner.make_report([spec], options)["report"]
+    report = commands.make_report([spec], options).reports[0]
     assert set(splits_used["trained"]) == {"train"} and set(splits_used["validated"]) == {"val"}
     assert splits_used["scored"].count("test") == 4
-    assert report["confirmed"] and report["metric"] == "test_accuracy"
-    low, high = report["gain_ci"]
-    assert low <= report["gain"] <= high
-    assert len(report["fine_tuning"]["seed_values"]) == 2
-    assert math.isfinite(report["cost_ratio"]) and report["matrix"]["quadrant"] == "small / similar"
-    assert 0 < report["forgetting"]["confirmed"]["cka"] <= 1
+    assert report.confirmed and report.metric == "test_accuracy"
+    low, high = report.gain_ci
+    assert low <= report.gain <= high
+    assert len(report.fine_tuning.confirmation.seed_values) == 2
+    assert math.isfinite(report.cost_ratio) and report.matrix.quadrant == "small / similar"
+    assert 0 < report.forgetting.confirmed.cka <= 1
     _forgetting_is_logged_per_stage(spec, tracking_uri)
 
     # a second report, of the folder: nothing trains (loading the model would fail here)
-    monkeypatch.setattr(runner, "prepare", _must_not_load)
+    monkeypatch.setattr(commands, "prepare", _must_not_load)
+    monkeypatch.setattr(runtime, "prepare", _must_not_load)
     for key in splits_used:
         splits_used[key].clear()
-    again = runner.make_report([folder], options)
+    again = commands.make_report([folder], options)
     assert not splits_used["scored"]
-    assert again["reports"][0]["gain"] == report["gain"]
+    assert again.reports[0].gain == report.gain
     listed = json.loads((workdir / "reports" / "report.json").read_text())
     assert [entry["study"] for entry in listed] == ["tiny"]
     assert (workdir / "reports" / "tiny" / "report.html").is_file()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sweeper.decision import (
+from sweeper.report.decision import (
     Gain,
     bootstrap_interval,
     decide,
@@ -108,7 +108,7 @@ def test_the_probe_score_is_zero_at_chance_and_one_when_perfect():
 def test_the_bootstrap_macro_f1_matches_the_training_loop_s():
     import torch
 
-    from sweeper.decision import macro_f1
+    from sweeper.report.decision import macro_f1
     from sweeper.train import macro_f1 as training_macro_f1
 
     rng = np.random.default_rng(4)

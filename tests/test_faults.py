@@ -15,13 +15,12 @@ from torch import nn
 
 from sweeper.backbones import Pretrained
 from sweeper.data import EncodedData
-from sweeper.runner import prepare
-from sweeper.spec import load_spec
+from sweeper.runtime import StudyRuntime
 from sweeper.storage import StudyLock, make_storage
 from sweeper.study import run_trials
 from sweeper.tracking import StudyTracker
-from sweeper.trial import StudyRuntime, make_objective
-from tests.conftest import write_spec
+from sweeper.trial import make_objective
+from tests.conftest import runtime_for, write_spec
 
 
 class _OutOfMemoryHead(nn.Module):
@@ -62,11 +61,8 @@ class _FirstReadFails(EncodedData):
         return super().__getitem__(i)
 
 
-def _runtime(workdir, tracking_uri, tiny_bert) -> StudyRuntime:
-    spec = load_spec(write_spec(workdir, model={"name": str(tiny_bert)}))
-    pretrained, data, splits = prepare(spec)
-    tracker = StudyTracker(tracking_uri, spec.study.name)
-    return StudyRuntime(spec, pretrained, data, splits, torch.device("cpu"), tracker)
+def _runtime(workdir, tiny_bert) -> StudyRuntime:
+    return runtime_for(write_spec(workdir, model={"name": str(tiny_bert)}))
 
 
 def _nan_loss(runtime: StudyRuntime, study: optuna.Study) -> str:
@@ -93,12 +89,13 @@ def _unreadable_data(runtime: StudyRuntime, study: optuna.Study) -> str:
 def test_a_faulty_trial_fails_with_its_reason_and_the_worker_runs_the_next(
     fault, workdir, tracking_uri, tiny_bert
 ):
-    runtime = _runtime(workdir, tracking_uri, tiny_bert)
+    runtime = _runtime(workdir, tiny_bert)
     storage = make_storage(f"sqlite:///{workdir / 'sweeper.db'}")
     study = optuna.create_study(study_name="tiny", storage=storage, direction="maximize")
     reason = fault(runtime, study)
 
-    ran = run_trials(study, make_objective(runtime), 1, StudyLock(storage, "tiny"))
+    objective = make_objective(runtime, StudyTracker(tracking_uri, "tiny"))
+    ran = run_trials(study, objective, 1, StudyLock(storage, "tiny"))
 
     failed, after = study.trials
     assert ran == 2 and after.state == TrialState.COMPLETE

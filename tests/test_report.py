@@ -3,6 +3,7 @@ the noise, a loss), the provisional search-only reading, and the files with thei
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -13,7 +14,7 @@ from optuna.distributions import FloatDistribution, IntDistribution
 
 from sweeper.confirm import pack
 from sweeper.errors import UserError
-from sweeper.report import REPORT_KEYS, build_report, write_report, write_summary
+from sweeper.report import REPORT_KEYS, DatasetFacts, build_report, write_report, write_summary
 from sweeper.spec import load_spec
 from tests.conftest import write_spec
 
@@ -81,14 +82,14 @@ def _runs(accuracies: list[float], seconds: float, seed: int) -> list[dict]:
     return runs
 
 
-DATASET = {
-    "train_examples": 300,
-    "val_examples": 90,
-    "test_examples": TEST_EXAMPLES,
-    "per_class": {"a": 100, "b": 100, "c": 100},
-    "per_class_min": 100,
-    "per_class_mean": 100.0,
-}
+DATASET = DatasetFacts(
+    train_examples=300,
+    val_examples=90,
+    test_examples=TEST_EXAMPLES,
+    per_class={"a": 100, "b": 100, "c": 100},
+    per_class_min=100,
+    per_class_mean=100.0,
+)
 PROBE = {"balanced_accuracy": 0.8, "num_classes": 3}
 
 
@@ -105,39 +106,39 @@ def _confirmed(spec, fe: list[float], ft: list[float]) -> dict:
 
 def test_a_clear_win_on_the_test_split_picks_fine_tuning(spec):
     report = _confirmed(spec, [0.80, 0.805, 0.795], [0.90, 0.905, 0.895])
-    assert report["decision"] == "fine_tuning" and report["confirmed"]
-    assert report["gain"] == pytest.approx(0.10)
-    low, high = report["gain_ci"]
-    assert 0.01 <= low < report["gain"] < high
-    assert report["reason"].startswith("rule: the interval's lower bound clears min_gain")
-    assert report["cost_ratio"] == pytest.approx(60.0 / 3.0)  # (1 + 59) / (1 + 2) device-seconds
-    assert report["gain_per_device_hour"] == pytest.approx(0.10 / (57.0 / 3600))
+    assert report.decision == "fine_tuning" and report.confirmed
+    assert report.gain == pytest.approx(0.10)
+    low, high = report.gain_ci
+    assert 0.01 <= low < report.gain < high
+    assert report.reason.startswith("rule: the interval's lower bound clears min_gain")
+    assert report.cost_ratio == pytest.approx(60.0 / 3.0)  # (1 + 59) / (1 + 2) device-seconds
+    assert report.gain_per_device_hour == pytest.approx(0.10 / (57.0 / 3600))
     # small data that frozen features already separate: the rule of thumb said freeze
-    assert report["matrix"]["quadrant"] == "small / similar"
-    assert report["matrix"]["agreement"] == "disagrees"
+    assert report.matrix.quadrant == "small / similar"
+    assert report.matrix.agreement == "disagrees"
 
 
 def test_a_gain_inside_the_noise_keeps_feature_extraction(spec):
     report = _confirmed(spec, [0.80, 0.80, 0.80], [0.78, 0.84, 0.84])
-    assert report["gain"] == pytest.approx(0.02)  # above min_gain, but not reliably
-    assert report["decision"] == "feature_extraction"
-    assert report["gain_ci"][0] < 0.01 and "inside the noise" in report["reason"]
-    assert report["matrix"]["agreement"] == "agrees"
+    assert report.gain == pytest.approx(0.02)  # above min_gain, but not reliably
+    assert report.decision == "feature_extraction"
+    assert report.gain_ci[0] < 0.01 and "inside the noise" in report.reason
+    assert report.matrix.agreement == "agrees"
 
 
 def test_a_loss_keeps_feature_extraction(spec):
     report = _confirmed(spec, [0.80, 0.81, 0.79], [0.70, 0.71, 0.69])
-    assert report["decision"] == "feature_extraction"
-    assert report["gain"] == pytest.approx(-0.10) and report["gain_ci"][1] < 0
-    assert "fine-tuning loses" in report["reason"]
+    assert report.decision == "feature_extraction"
+    assert report.gain == pytest.approx(-0.10) and report.gain_ci[1] < 0
+    assert "fine-tuning loses" in report.reason
 
 
 def test_search_only_reports_are_provisional(spec):
     report = build_report(_study("maximize", [(0, 0.80, 2.0), (3, 0.90, 20.0)]), spec)
-    assert report["decision"] == "fine_tuning" and not report["confirmed"]
-    assert report["gain"] == pytest.approx(0.10) and report["gain_ci"] is None
-    assert report["reason"].startswith("provisional rule") and report["metric"] == "val_accuracy"
-    assert report["cost_ratio"] == pytest.approx(10.0)
+    assert report.decision == "fine_tuning" and not report.confirmed
+    assert report.gain == pytest.approx(0.10) and report.gain_ci is None
+    assert report.reason.startswith("provisional rule") and report.metric == "val_accuracy"
+    assert report.cost_ratio == pytest.approx(10.0)
 
 
 def test_a_study_recorded_with_the_earlier_attributes_reports_the_same(spec):
@@ -162,22 +163,22 @@ def test_a_study_recorded_with_the_earlier_attributes_reports_the_same(spec):
         )
     now, then = build_report(study, spec), build_report(earlier, spec)
     for key in ("device_seconds", "wall_seconds"):
-        assert then["cost"]["study"][key] == now["cost"]["study"][key] > 0
-    assert then["cost_ratio"] == pytest.approx(10.0)
-    assert then["fine_tuning"] == now["fine_tuning"] and then["decision"] == now["decision"]
+        assert getattr(then.cost.study, key) == getattr(now.cost.study, key) > 0
+    assert then.cost_ratio == pytest.approx(10.0)
+    assert then.fine_tuning == now.fine_tuning and then.decision == now.decision
 
 
 def test_for_a_loss_metric_lower_is_better(tmp_path):
     spec = load_spec(write_spec(tmp_path, study={"metric": "loss"}))
     report = build_report(_study("minimize", [(0, 0.50, 2.0), (2, 0.30, 10.0)]), spec)
-    assert report["gain"] == pytest.approx(0.20)
-    assert report["decision"] == "fine_tuning"
+    assert report.gain == pytest.approx(0.20)
+    assert report.decision == "fine_tuning"
 
 
 def test_without_a_fine_tuning_trial_feature_extraction_stands(spec):
     report = build_report(_study("maximize", [(0, 0.8, 2.0)]), spec)
-    assert report["decision"] == "feature_extraction" and report["gain"] is None
-    assert "no fine-tuning trial" in report["reason"]
+    assert report.decision == "feature_extraction" and report.gain is None
+    assert "no fine-tuning trial" in report.reason
 
 
 def test_a_study_without_completed_trials_is_refused(spec):
@@ -192,7 +193,7 @@ def test_report_files_hold_the_fixed_schema_and_embed_the_plots(spec, tmp_path):
         "fine_tuning": _runs([0.9, 0.91], 9.0, 1),
     }
     report = build_report(study, spec, DATASET, confirmation, PROBE, LABELS)
-    paths = write_report(report, tmp_path / "out", study)
+    _, paths = write_report(report, tmp_path / "out", study)
     names = sorted(p.name for p in paths)
     assert {"report.html", "report.json", "report.md", "curves.png", "by_compute.png"} <= set(names)
     loaded = json.loads((tmp_path / "out" / "report.json").read_text())
@@ -213,7 +214,7 @@ def test_report_files_hold_the_fixed_schema_and_embed_the_plots(spec, tmp_path):
 
 def test_several_studies_give_one_table_and_a_json_list(spec, tmp_path):
     one = build_report(_study("maximize", [(0, 0.8, 2.0), (2, 0.9, 10.0)]), spec, DATASET, None, PROBE)
-    two = {**one, "study": "other", "decision": "feature_extraction"}
+    two = dataclasses.replace(one, study="other", decision="feature_extraction")
     write_summary([one, two], tmp_path, ["tiny/report.html", "other/report.html"])
     loaded = json.loads((tmp_path / "report.json").read_text())
     assert [r["study"] for r in loaded] == ["tiny", "other"]
@@ -222,7 +223,7 @@ def test_several_studies_give_one_table_and_a_json_list(spec, tmp_path):
 
 
 def test_plots_of_a_tiny_study_say_importances_need_more_trials(spec, tmp_path):
-    from sweeper.plots import make_plots
+    from sweeper.report.plots import make_plots
 
     plots = {
         plot.name: plot for plot in make_plots(_study("maximize", [(0, 0.8, 2.0), (2, 0.9, 5.0)]), "accuracy")
@@ -233,7 +234,7 @@ def test_plots_of_a_tiny_study_say_importances_need_more_trials(spec, tmp_path):
 
 
 def test_the_pareto_front_keeps_only_trials_nothing_cheaper_beats():
-    from sweeper.plots import pareto_front
+    from sweeper.report.plots import pareto_front
 
     points = [(1.0, 0.80), (2.0, 0.70), (3.0, 0.85), (3.0, 0.90), (4.0, 0.88)]
     assert pareto_front(points, maximize=True) == [(1.0, 0.80), (3.0, 0.90)]

@@ -58,11 +58,6 @@ def test_unknown_metric_lists_the_allowed_ones(tmp_path):
     assert "accuracy" in message and "macro_f1" in message and "loss" in message
 
 
-def test_unknown_data_kind_lists_the_registry(tmp_path):
-    message = _error_for(tmp_path, data={"kind": "parquet"})
-    assert "[data] kind is 'parquet'" in message and "imagefolder" in message
-
-
 def test_missing_required_key_is_named(tmp_path):
     spec = tmp_path / "s.toml"
     spec.write_text('[study]\nname = "x"\n[data]\nkind = "digits"\n')

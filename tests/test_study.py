@@ -8,13 +8,14 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
+from sweeper.commands import run_study
 from sweeper.errors import UserError
-from sweeper.runner import Options, prepare, run_study
+from sweeper.settings import Options
 from sweeper.spec import load_spec
 from sweeper.study import FINISHED, make_pruner
 from sweeper.tracking import StudyTracker
-from sweeper.trial import StudyRuntime, make_objective
-from tests.conftest import write_spec
+from sweeper.trial import make_objective
+from tests.conftest import runtime_for, write_spec
 
 
 def _options(workdir, tracking_uri, **extra) -> Options:
@@ -74,36 +75,32 @@ def test_a_changed_search_space_is_refused_and_nothing_is_added(workdir, trackin
     assert len(_study(workdir).trials) == before
 
 
-def _runtime(workdir, tracking_uri, spec_path):
-    spec = load_spec(spec_path)
-    pretrained, data, splits = prepare(spec)
-    import torch
-
-    return StudyRuntime(
-        spec, pretrained, data, splits, torch.device("cpu"), StudyTracker(tracking_uri, spec.study.name)
-    )
+def _objective(tracking_uri, spec_path):
+    runtime = runtime_for(spec_path)
+    tracker = StudyTracker(tracking_uri, runtime.spec.study.name)
+    return make_objective(runtime, tracker), tracker
 
 
 def test_a_pruned_trial_is_recorded_pruned_with_its_run_killed(workdir, tracking_uri):
-    runtime = _runtime(workdir, tracking_uri, write_spec(workdir, search={"head_epochs": 3}))
+    objective, tracker = _objective(tracking_uri, write_spec(workdir, search={"head_epochs": 3}))
     # accuracy never reaches 1.5: a real Optuna pruner stops the trial at its first report
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=1.5))
     study.enqueue_trial({"unfrozen_blocks": 0})
-    study.optimize(make_objective(runtime), n_trials=1)
+    study.optimize(objective, n_trials=1)
     trial = study.trials[0]
     assert trial.state == TrialState.PRUNED
     assert "pruned after epoch 0" in trial.user_attrs["prune_reason"]
     assert trial.intermediate_values.keys() == {0}
-    runtime.tracker.flush()  # runs are written in the background
+    tracker.flush()  # runs are written in the background
     run = MlflowClient(tracking_uri).get_run(trial.user_attrs["mlflow_run_id"])
     assert run.info.status == "KILLED" and run.data.tags["optuna.state"] == "PRUNED"
 
 
 def test_a_fine_tuning_trial_is_not_pruned_before_its_first_block_unfreezes(workdir, tracking_uri):
-    runtime = _runtime(workdir, tracking_uri, write_spec(workdir, search={"head_epochs": 2}))
+    objective, tracker = _objective(tracking_uri, write_spec(workdir, search={"head_epochs": 2}))
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=1.5))
     study.enqueue_trial({"unfrozen_blocks": 2, "lr_ratio": 0.05, "stage_epochs": 1, "blocks_per_stage": 1})
-    study.optimize(make_objective(runtime), n_trials=1)
+    study.optimize(objective, n_trials=1)
     trial = study.trials[0]
     assert trial.state == TrialState.PRUNED
     # epochs 0 and 1 are the head-only stage; the first chance to prune is stage 1's first epoch
@@ -111,17 +108,17 @@ def test_a_fine_tuning_trial_is_not_pruned_before_its_first_block_unfreezes(work
 
 
 def test_a_failing_trial_ends_failed_with_its_reason_and_the_study_goes_on(workdir, tracking_uri):
-    runtime = _runtime(workdir, tracking_uri, write_spec(workdir))
+    objective, tracker = _objective(tracking_uri, write_spec(workdir))
     study = optuna.create_study(direction="maximize")
     # an absurd learning rate makes the loss infinite: the trial fails, the next one runs
     study.enqueue_trial({"unfrozen_blocks": 0, "head_lr": 1e30})
     study.enqueue_trial({"unfrozen_blocks": 0, "head_lr": 0.005})
     with pytest.warns(UserWarning):
-        study.optimize(make_objective(runtime), n_trials=2, catch=(Exception,))
+        study.optimize(objective, n_trials=2, catch=(Exception,))
     failed, ok = study.trials
     assert failed.state == TrialState.FAIL and ok.state == TrialState.COMPLETE
     assert "NonFiniteLossError" in failed.user_attrs["fail_reason"]
-    runtime.tracker.flush()
+    tracker.flush()
     client = MlflowClient(tracking_uri)
     run = client.get_run(failed.user_attrs["mlflow_run_id"])
     assert run.info.status == "FAILED"
@@ -149,7 +146,7 @@ def test_a_trials_model_is_freed_before_the_next_trial(workdir, tracking_uri, lo
     from sweeper.storage import StudyLock, make_storage
     from sweeper.study import run_trials
 
-    runtime = _runtime(workdir, tracking_uri, write_spec(workdir, search={"head_epochs": 2}))
+    objective, tracker = _objective(tracking_uri, write_spec(workdir, search={"head_epochs": 2}))
     storage = make_storage(f"sqlite:///{workdir / 'gc.db'}")
     study = optuna.create_study(
         study_name="gc",
@@ -167,7 +164,7 @@ def test_a_trials_model_is_freed_before_the_next_trial(workdir, tracking_uri, lo
     # one (held in a cycle by its traceback) only by sweeper's own collection
     gc.disable()
     try:
-        run_trials(study, make_objective(runtime), 1, StudyLock(storage, "gc"))
+        run_trials(study, objective, 1, StudyLock(storage, "gc"))
         left = len(alive())
     finally:
         gc.enable()

@@ -13,9 +13,10 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
+from sweeper.commands import run_study
 from sweeper.records import strategy_of
 from sweeper.redact import redact
-from sweeper.runner import Options, run_study
+from sweeper.settings import Options
 from sweeper.tracking import StudyTracker
 from tests.conftest import write_spec
 
@@ -209,7 +210,7 @@ def test_a_dead_writer_process_is_replaced_and_the_runs_it_made_still_end(tracki
 
 def test_a_dead_workers_run_without_its_id_on_the_trial_is_found_by_its_tags_and_failed(tracking_uri):
     # the worker died after its run was created but before the run's id reached the trial
-    from sweeper.runner import _run_marker
+    from sweeper.recovery import RunFailer
 
     tracker = StudyTracker(tracking_uri, "orphan")
     orphan = tracker.start_trial(7, {}, {})
@@ -217,7 +218,7 @@ def test_a_dead_workers_run_without_its_id_on_the_trial_is_found_by_its_tags_and
     tracker.flush()
     trial = optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL)
     trial.number = 7
-    _run_marker(tracking_uri, "orphan")(trial, "worker stopped sending heartbeats")
+    RunFailer(tracking_uri, "orphan")(trial, "worker stopped sending heartbeats")
     client = MlflowClient(tracking_uri)
     failed = client.get_run(orphan.created())
     assert failed.info.status == "FAILED" and "heartbeats" in failed.data.tags["sweeper.reason"]

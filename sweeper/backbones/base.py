@@ -9,6 +9,7 @@ state can be cached and sliced like a dataset.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -100,22 +101,47 @@ class BlockModel(nn.Module):
         return self.forward_from(self.stem(inputs), 0, first_trainable=0)
 
 
-class Family:
-    """One model family: recognises its networks and cuts them into a `BlockModel`.
+@dataclass(frozen=True)
+class Parts:
+    """A pretrained network read as stem → blocks → neck: its own modules, wrapped, never copied."""
 
-    A new family is one subclass registered with `register`; nothing else names architectures.
+    stem: nn.Module
+    blocks: Sequence[nn.Module]
+    neck: nn.Module
+    feature_dim: int
+    compact: Callable[[State], State] | None = None
+
+
+class Family:
+    """One model family: recognises its networks and reads them as `Parts`.
+
+    A new family is one subclass registered with `register` that says which networks it
+    `matches` and what their `parts` are; nothing else names architectures.
     """
 
     name: ClassVar[str]
     input_kind: ClassVar[str] = "image"  # "image" | "text"
+    # torchvision model names of this family (prefixes), for the list of supported names
+    torchvision_names: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def matches(cls, module: nn.Module) -> bool:
         raise NotImplementedError
 
     @classmethod
-    def cut(cls, module: nn.Module, num_classes: int) -> BlockModel:
+    def parts(cls, module: nn.Module) -> Parts:
         raise NotImplementedError
+
+    @classmethod
+    def num_blocks(cls, module: nn.Module) -> int:
+        """The network's block count; reading the parts builds nothing (no head, no RNG draw)."""
+        return len(cls.parts(module).blocks)
+
+    @classmethod
+    def cut(cls, module: nn.Module, num_classes: int) -> BlockModel:
+        """The network as a `BlockModel` with a new head of ``num_classes`` outputs."""
+        parts = cls.parts(module)
+        return BlockModel(parts.stem, parts.blocks, parts.neck, parts.feature_dim, num_classes, parts.compact)
 
 
 FAMILIES: list[type[Family]] = []

@@ -14,7 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from sweeper.backbones.base import BlockModel, Family, family_of
+from sweeper.backbones.base import FAMILIES, BlockModel, Family, family_of
+from sweeper.digests import tensor_digest
 from sweeper.errors import UserError
 from sweeper.spec import ModelSection
 
@@ -39,13 +40,11 @@ class Pretrained:
     @functools.cached_property
     def digest(self) -> str:
         """A digest of the pretrained weights: the cache key's model part."""
-        from sweeper.cache import tensor_digest
-
         return tensor_digest(dict(self.module.state_dict()))
 
-    @property
+    @functools.cached_property
     def num_blocks(self) -> int:
-        return self.family.cut(self.module, 2).num_blocks  # cut wraps, never copies or mutates
+        return self.family.num_blocks(self.module)
 
     def build(self, num_classes: int, trainable_from: int = 0) -> BlockModel:
         """The pretrained network cut into blocks, with a new head, ready to train from block
@@ -111,7 +110,8 @@ def _load_torchvision(model: ModelSection, resolve, image_size: int | None) -> P
 
 
 def _is_supported_torchvision(name: str) -> bool:
-    return name.startswith(("resnet", "efficientnet", "mobilenet_v3", "convnext", "vit_"))
+    """Whether a registered family reads this torchvision model (by the names it declares)."""
+    return any(name.startswith(family.torchvision_names) for family in FAMILIES if family.torchvision_names)
 
 
 def _looks_like_file(value: str) -> bool:

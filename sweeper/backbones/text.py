@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.masking_utils import create_bidirectional_mask
 
-from sweeper.backbones.base import BlockModel, Family, State, register
+from sweeper.backbones.base import Family, Parts, State, register
 
 
 class _EncoderStem(nn.Module):
@@ -50,55 +52,47 @@ def _drop_padding(state: State) -> State:
     return {key: value[:, :length] for key, value in state.items()}
 
 
-def _cut_encoder(module: PreTrainedModel, layers: nn.ModuleList, num_classes: int) -> BlockModel:
-    blocks = [_EncoderBlock(layer, module.config) for layer in layers]
-    return BlockModel(
-        _EncoderStem(module.embeddings),
-        blocks,
-        _MeanPool(),
-        module.config.hidden_size if hasattr(module.config, "hidden_size") else module.config.dim,
-        num_classes,
-        compact=_drop_padding,
-    )
+class _EncoderFamily(Family):
+    """stem = embeddings; blocks = the encoder's layer list; neck = masked mean pooling (any
+    pooler is dropped). A subclass names where its layers are (``layers``, a dotted path)."""
+
+    input_kind = "text"
+    layers: ClassVar[str]
+
+    @classmethod
+    def _layers(cls, module: nn.Module) -> nn.ModuleList | None:
+        found = module
+        for name in cls.layers.split("."):
+            found = getattr(found, name, None)
+        return found if isinstance(found, nn.ModuleList) else None
+
+    @classmethod
+    def matches(cls, module: nn.Module) -> bool:
+        return (
+            isinstance(module, PreTrainedModel)
+            and hasattr(module, "embeddings")
+            and cls._layers(module) is not None
+        )
+
+    @classmethod
+    def parts(cls, module: nn.Module) -> Parts:
+        config = module.config
+        blocks = [_EncoderBlock(layer, config) for layer in cls._layers(module)]
+        width = config.hidden_size if hasattr(config, "hidden_size") else config.dim
+        return Parts(_EncoderStem(module.embeddings), blocks, _MeanPool(), width, compact=_drop_padding)
 
 
 @register
-class BertLikeFamily(Family):
-    """stem = embeddings; blocks = encoder.layer; neck = masked mean pooling (pooler dropped)."""
+class BertLikeFamily(_EncoderFamily):
+    """BERT, RoBERTa, MiniLM and other BERT-like encoders."""
 
     name = "bert"
-    input_kind = "text"
-
-    @classmethod
-    def matches(cls, module: nn.Module) -> bool:
-        encoder = getattr(module, "encoder", None)
-        return (
-            isinstance(module, PreTrainedModel)
-            and hasattr(module, "embeddings")
-            and isinstance(getattr(encoder, "layer", None), nn.ModuleList)
-        )
-
-    @classmethod
-    def cut(cls, module: nn.Module, num_classes: int) -> BlockModel:
-        return _cut_encoder(module, module.encoder.layer, num_classes)
+    layers = "encoder.layer"
 
 
 @register
-class DistilBertFamily(Family):
-    """stem = embeddings; blocks = transformer.layer; neck = masked mean pooling."""
+class DistilBertFamily(_EncoderFamily):
+    """DistilBERT."""
 
     name = "distilbert"
-    input_kind = "text"
-
-    @classmethod
-    def matches(cls, module: nn.Module) -> bool:
-        transformer = getattr(module, "transformer", None)
-        return (
-            isinstance(module, PreTrainedModel)
-            and hasattr(module, "embeddings")
-            and isinstance(getattr(transformer, "layer", None), nn.ModuleList)
-        )
-
-    @classmethod
-    def cut(cls, module: nn.Module, num_classes: int) -> BlockModel:
-        return _cut_encoder(module, module.transformer.layer, num_classes)
+    layers = "transformer.layer"

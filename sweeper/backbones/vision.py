@@ -6,14 +6,7 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
-from sweeper.backbones.base import (
-    BlockModel,
-    Family,
-    ImageStem,
-    State,
-    TensorBlock,
-    register,
-)
+from sweeper.backbones.base import Family, ImageStem, Parts, State, TensorBlock, register
 
 
 def _pooled_neck(*extra: nn.Module) -> TensorNeck:
@@ -34,16 +27,17 @@ class ResNetFamily(Family):
     """stem = conv1, bn1, relu, maxpool; blocks = layer1..layer4 (resnet50 has 4 blocks)."""
 
     name = "resnet"
+    torchvision_names = ("resnet", "wide_resnet", "resnext")
 
     @classmethod
     def matches(cls, module: nn.Module) -> bool:
         return isinstance(module, tvm.ResNet)
 
     @classmethod
-    def cut(cls, module: nn.Module, num_classes: int) -> BlockModel:
+    def parts(cls, module: nn.Module) -> Parts:
         stem = nn.Sequential(module.conv1, module.bn1, module.relu, module.maxpool)
         blocks = [TensorBlock(getattr(module, f"layer{i}")) for i in range(1, 5)]
-        return BlockModel(ImageStem(stem), blocks, _pooled_neck(), module.fc.in_features, num_classes)
+        return Parts(ImageStem(stem), blocks, _pooled_neck(), module.fc.in_features)
 
 
 @register
@@ -51,14 +45,15 @@ class EfficientNetFamily(Family):
     """stem = features[0]; blocks = features[1:] (the MBConv stages, then the last 1x1 conv)."""
 
     name = "efficientnet"
+    torchvision_names = ("efficientnet",)
 
     @classmethod
     def matches(cls, module: nn.Module) -> bool:
         return isinstance(module, tvm.EfficientNet)
 
     @classmethod
-    def cut(cls, module: nn.Module, num_classes: int) -> BlockModel:
-        return _cut_features(module, module.classifier[-1].in_features, num_classes)
+    def parts(cls, module: nn.Module) -> Parts:
+        return _feature_parts(module, module.classifier[-1].in_features)
 
 
 @register
@@ -66,20 +61,21 @@ class MobileNetV3Family(Family):
     """stem = features[0]; blocks = features[1:] (inverted residuals, then the last conv)."""
 
     name = "mobilenet_v3"
+    torchvision_names = ("mobilenet_v3",)
 
     @classmethod
     def matches(cls, module: nn.Module) -> bool:
         return isinstance(module, tvm.MobileNetV3)
 
     @classmethod
-    def cut(cls, module: nn.Module, num_classes: int) -> BlockModel:
-        return _cut_features(module, module.classifier[0].in_features, num_classes)
+    def parts(cls, module: nn.Module) -> Parts:
+        return _feature_parts(module, module.classifier[0].in_features)
 
 
-def _cut_features(module: nn.Module, feature_dim: int, num_classes: int) -> BlockModel:
+def _feature_parts(module: nn.Module, feature_dim: int) -> Parts:
     features = list(module.features)
     blocks = [TensorBlock(block) for block in features[1:]]
-    return BlockModel(ImageStem(features[0]), blocks, _pooled_neck(), feature_dim, num_classes)
+    return Parts(ImageStem(features[0]), blocks, _pooled_neck(), feature_dim)
 
 
 @register
@@ -87,19 +83,19 @@ class ConvNeXtFamily(Family):
     """stem = features[0]; blocks = the 4 stages (each with the downsampling before it)."""
 
     name = "convnext"
+    torchvision_names = ("convnext",)
 
     @classmethod
     def matches(cls, module: nn.Module) -> bool:
         return isinstance(module, tvm.ConvNeXt)
 
     @classmethod
-    def cut(cls, module: nn.Module, num_classes: int) -> BlockModel:
+    def parts(cls, module: nn.Module) -> Parts:
         f = module.features
         stages = [f[1]] + [nn.Sequential(f[i], f[i + 1]) for i in range(2, len(f) - 1, 2)]
         blocks = [TensorBlock(stage) for stage in stages]
         norm = module.classifier[0]  # LayerNorm2d on the pooled map: trains with the top block
-        neck = _pooled_neck(norm)
-        return BlockModel(ImageStem(f[0]), blocks, neck, module.classifier[-1].in_features, num_classes)
+        return Parts(ImageStem(f[0]), blocks, _pooled_neck(norm), module.classifier[-1].in_features)
 
 
 class _ViTStem(nn.Module):
@@ -132,13 +128,13 @@ class ViTFamily(Family):
     """stem = patch embedding + class token + positions; blocks = the encoder layers."""
 
     name = "vit"
+    torchvision_names = ("vit_",)
 
     @classmethod
     def matches(cls, module: nn.Module) -> bool:
         return isinstance(module, tvm.VisionTransformer)
 
     @classmethod
-    def cut(cls, module: nn.Module, num_classes: int) -> BlockModel:
+    def parts(cls, module: nn.Module) -> Parts:
         blocks = [TensorBlock(layer) for layer in module.encoder.layers]
-        neck = _ClassTokenNeck(module.encoder.ln)
-        return BlockModel(_ViTStem(module), blocks, neck, module.hidden_dim, num_classes)
+        return Parts(_ViTStem(module), blocks, _ClassTokenNeck(module.encoder.ln), module.hidden_dim)

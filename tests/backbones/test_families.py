@@ -18,7 +18,7 @@ from transformers import (
 
 from sweeper.backbones import family_of, to_block_model
 from sweeper.backbones.loading import _transformers_location
-from sweeper.param_groups import make_optimizer
+from sweeper.param_groups import build_param_groups, make_optimizer
 from sweeper.stages import apply_stage, plan_stages
 from tests.conftest import MINILM
 
@@ -130,7 +130,7 @@ def test_a_training_step_moves_only_trainable_parameters(case):
     torch.manual_seed(0)
     model = to_block_model(module, num_classes=3)
     plan = plan_stages(blocks, unfrozen_blocks=1, blocks_per_stage=1, head_epochs=1, stage_epochs=1)
-    optimizer = make_optimizer(model, plan, head_lr=1e-2, lr_ratio=0.1, weight_decay=0.0)
+    optimizer = make_optimizer(build_param_groups(model, plan, 0.1), 1e-2, 0.0)
     apply_stage(model, plan, plan.stages[1])
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     inputs = _inputs(kind)

@@ -1,10 +1,12 @@
 """The report as Markdown and as one self-contained HTML page (plots embedded as data URIs), and
-the table across several studies. Reads the report dict only; computes nothing."""
+the table across several studies. Reads the typed `Report` only; computes nothing."""
 
 from __future__ import annotations
 
 import html
 from typing import Any
+
+from sweeper.report.model import ArmConfirmation, Report
 
 ImageRow = tuple[str, str, str, str]  # (file name, title, caption, base64 PNG)
 
@@ -29,60 +31,57 @@ def _name(strategy: str | None) -> str:
     return strategy.replace("_", " ") if strategy else "–"
 
 
-def headline(report: dict[str, Any]) -> list[tuple[str, str]]:
-    matrix = report.get("matrix") or {}
-    forgetting = report.get("forgetting") or {}
-    cka = (forgetting.get("confirmed") or forgetting).get("cka")
+def headline(report: Report) -> list[tuple[str, str]]:
+    matrix = report.matrix
+    cka = report.forgetting.final_cka if report.forgetting else None
+    quadrant = f"{matrix.quadrant or '–'}: {matrix.advice or '–'} " if matrix else "–: – "
     return [
-        ("decision", _name(report["decision"])),
-        ("reason", report["reason"]),
+        ("decision", _name(report.decision)),
+        ("reason", report.reason),
         (
-            f"gain of fine-tuning ({report['metric']})",
-            f"{_f(report['gain'], '{:+.4f}')}, 95% interval {_ci(report.get('gain_ci'))}; "
-            f"min_gain {report['min_gain']:g}",
+            f"gain of fine-tuning ({report.metric})",
+            f"{_f(report.gain, '{:+.4f}')}, 95% interval {_ci(report.gain_ci)}; min_gain {report.min_gain:g}",
         ),
         (
             "cost ratio (fine-tuning / feature extraction, device-seconds per run)",
-            _f(report["cost_ratio"], "{:.1f}x"),
+            _f(report.cost_ratio, "{:.1f}x"),
         ),
-        ("gain per extra device-hour", _f(report.get("gain_per_device_hour"), "{:+.3f}")),
-        (
-            "decision matrix",
-            f"{matrix.get('quadrant') or '–'}: {matrix.get('advice') or '–'} "
-            f"(measurement {matrix.get('agreement', 'unknown')})",
-        ),
+        ("gain per extra device-hour", _f(report.gain_per_device_hour, "{:+.3f}")),
+        ("decision matrix", f"{quadrant}(measurement {matrix.agreement if matrix else 'unknown'})"),
         ("forgetting (linear CKA, pretrained vs fine-tuned features; 1 = unchanged)", _f(cka)),
     ]
 
 
-def arm_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
-    fe, ft = report["feature_extraction"] or {}, report["fine_tuning"] or {}
-    metric = report["metric"].split("_", 1)[1]
+def arm_rows(report: Report) -> list[tuple[str, str, str]]:
+    fe, ft = report.feature_extraction, report.fine_tuning
+    fe_confirmed = fe.confirmation if fe else None
+    ft_confirmed = ft.confirmation if ft else None
+    metric = report.metric_name
 
     def row(label, key, fmt="{:.4f}"):
-        return (label, _f(fe.get(key), fmt), _f(ft.get(key), fmt))
+        return (label, _f(getattr(fe, key, None), fmt), _f(getattr(ft, key, None), fmt))
+
+    def confirmed_row(label, key, fmt="{:.4f}"):
+        return (label, _f(getattr(fe_confirmed, key, None), fmt), _f(getattr(ft_confirmed, key, None), fmt))
 
     rows = [
         row("best trial of the search", "trial", "{}"),
-        ("its params", _params(fe.get("params")), _params(ft.get("params"))),
+        ("its params", _params(fe.params if fe else None), _params(ft.params if ft else None)),
         row(f"val_{metric} in the search (selected on it)", "search_value"),
     ]
-    if report.get("confirmed"):
+    if report.confirmed:
         rows += [
-            row(f"val_{metric}, confirmation runs (mean)", "confirm_val_value"),
-            (f"test_{metric} per seed", _seeds(fe), _seeds(ft)),
+            confirmed_row(f"val_{metric}, confirmation runs (mean)", "confirm_val_value"),
+            (f"test_{metric} per seed", _seeds(fe_confirmed), _seeds(ft_confirmed)),
             row(f"test_{metric}, mean", "value"),
-            row("standard deviation over seeds", "seed_std"),
+            confirmed_row("standard deviation over seeds", "seed_std"),
         ]
         for key in ("accuracy", "macro_f1", "loss"):
-            if key == metric:
-                continue
-            rows.append(
-                (f"test_{key} (mean)", _f(fe.get("test", {}).get(key)), _f(ft.get("test", {}).get(key)))
-            )
+            if key != metric:
+                rows.append((f"test_{key} (mean)", _test(fe_confirmed, key), _test(ft_confirmed, key)))
         rows += [
             row("device-seconds per run from scratch", "device_seconds", "{:.1f}"),
-            row("  of which frozen-prefix states", "prefix_seconds", "{:.1f}"),
+            confirmed_row("  of which frozen-prefix states", "prefix_seconds", "{:.1f}"),
             row("wall-seconds per run from scratch", "wall_seconds", "{:.1f}"),
         ]
     else:
@@ -101,56 +100,62 @@ def _params(params: dict | None) -> str:
     return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
-def _seeds(arm: dict) -> str:
-    return ", ".join(f"{v:.4f}" for v in arm.get("seed_values", [])) or "–"
+def _seeds(confirmation: ArmConfirmation | None) -> str:
+    values = confirmation.seed_values if confirmation else []
+    return ", ".join(f"{v:.4f}" for v in values) or "–"
 
 
-def matrix_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
-    m = report.get("matrix")
+def _test(confirmation: ArmConfirmation | None, key: str) -> str:
+    return _f(confirmation.test.get(key) if confirmation else None)
+
+
+def matrix_rows(report: Report) -> list[tuple[str, str]]:
+    m = report.matrix
     if not m:
         return []
-    t = m["thresholds"]
-    per_class = ", ".join(f"{k} {v}" for k, v in (m.get("per_class") or {}).items())
+    t = m.thresholds
+    per_class = ", ".join(f"{k} {v}" for k, v in (m.per_class or {}).items())
     return [
-        ("training examples", f"{m['train_examples']} ({per_class})"),
+        ("training examples", f"{m.train_examples} ({per_class})"),
         (
             "size",
-            f"{m['size']}: {m['per_class_mean']:.0f} per class on average "
-            f"(small below {t['small_per_class_below']})",
+            f"{m.size}: {m.per_class_mean:.0f} per class on average (small below {t['small_per_class_below']})",
         ),
-        ("linear probe on frozen features", f"balanced accuracy {_f(m['probe_balanced_accuracy'])} on val"),
+        ("linear probe on frozen features", f"balanced accuracy {_f(m.probe_balanced_accuracy)} on val"),
         (
             "similarity",
-            f"{m['similarity']}: probe score {_f(m['probe_score'], '{:.3f}')} "
+            f"{m.similarity}: probe score {_f(m.probe_score, '{:.3f}')} "
             f"(0 = chance, 1 = perfect; similar from {t['similar_probe_score_from']})"
-            if m.get("similarity")
+            if m.similarity
             else "not measured yet: `python -m sweeper report` runs the probe",
         ),
-        ("quadrant", m.get("quadrant") or "–"),
-        ("the rule of thumb advises", m.get("advice") or "–"),
-        ("measured decision", _name(report["decision"])),
-        ("agreement", m.get("agreement", "unknown")),
+        ("quadrant", m.quadrant or "–"),
+        ("the rule of thumb advises", m.advice or "–"),
+        ("measured decision", _name(report.decision)),
+        ("agreement", m.agreement),
     ]
 
 
-def forgetting_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
-    figures = report.get("forgetting") or {}
+def forgetting_rows(report: Report) -> list[tuple[str, str, str, str]]:
+    figures = report.forgetting
+    if figures is None:
+        return []
     rows = []
-    for entry in figures.get("per_stage", []):
+    for entry in figures.per_stage:
         changes = entry["weight_change"]
         detail = ", ".join(f"block {b}: {v:.4f}" for b, v in changes.items())
         rows.append(
-            (f"trial {figures['trial']}, stage {entry['stage']}", _f(entry["cka"]), _f(_avg(changes)), detail)
+            (f"trial {figures.trial}, stage {entry['stage']}", _f(entry["cka"]), _f(_avg(changes)), detail)
         )
-    confirmed = figures.get("confirmed")
+    confirmed = figures.confirmed
     if confirmed:
-        detail = ", ".join(f"block {b}: {v:.4f}" for b, v in confirmed["weight_change"].items())
-        seeds = ", ".join(f"{v:.4f}" for v in confirmed["cka_seeds"])
+        detail = ", ".join(f"block {b}: {v:.4f}" for b, v in confirmed.weight_change.items())
+        seeds = ", ".join(f"{v:.4f}" for v in confirmed.cka_seeds)
         rows.append(
             (
                 f"confirmation runs (CKA per seed: {seeds})",
-                _f(confirmed["cka"]),
-                _f(confirmed["weight_change_mean"]),
+                _f(confirmed.cka),
+                _f(confirmed.weight_change_mean),
                 detail,
             )
         )
@@ -161,20 +166,20 @@ def _avg(values: dict) -> float:
     return sum(values.values()) / len(values) if values else float("nan")
 
 
-def cost_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
-    study, confirmation = report["cost"]["study"], report["cost"]["confirmation"]
+def cost_rows(report: Report) -> list[tuple[str, str]]:
+    study, confirmation = report.cost.study, report.cost.confirmation
     return [
-        ("study: trials", str(study["trials"])),
-        ("study: device-seconds (sum over trials)", _f(study["device_seconds"], "{:.1f}")),
-        ("study: wall-seconds (sum over trials)", _f(study["wall_seconds"], "{:.1f}")),
-        ("study: elapsed (first trial start to last trial end)", _f(study["elapsed_seconds"], "{:.1f} s")),
-        ("confirmation: runs", str(confirmation["runs"])),
-        ("confirmation: device-seconds", _f(confirmation["device_seconds"], "{:.1f}")),
+        ("study: trials", str(study.trials)),
+        ("study: device-seconds (sum over trials)", _f(study.device_seconds, "{:.1f}")),
+        ("study: wall-seconds (sum over trials)", _f(study.wall_seconds, "{:.1f}")),
+        ("study: elapsed (first trial start to last trial end)", _f(study.elapsed_seconds, "{:.1f} s")),
+        ("confirmation: runs", str(confirmation.runs)),
+        ("confirmation: device-seconds", _f(confirmation.device_seconds, "{:.1f}")),
     ]
 
 
-def render_markdown(report: dict[str, Any]) -> str:
-    lines = [f"# sweeper report: {report['study']}", ""]
+def render_markdown(report: Report) -> str:
+    lines = [f"# sweeper report: {report.study}", ""]
     lines += [f"- **{k}**: {v}" for k, v in headline(report)]
     lines += [
         "",
@@ -184,7 +189,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "|---|---|---|",
     ]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in arm_rows(report)]
-    lines += ["", f"_{report['evidence']}._", ""]
+    lines += ["", f"_{report.evidence}._", ""]
     if matrix_rows(report):
         lines += ["## Decision matrix", "", "| | |", "|---|---|"]
         lines += [f"| {a} | {b} |" for a, b in matrix_rows(report)] + [""]
@@ -197,7 +202,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         ]
         lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in forgetting_rows(report)] + [""]
     lines += ["## Cost", "", "| | |", "|---|---|"] + [f"| {a} | {b} |" for a, b in cost_rows(report)] + [""]
-    for name in report.get("plots", []):
+    for name in report.plots:
         lines += [f"![{name}]({name})", ""]
     return "\n".join(lines)
 
@@ -212,15 +217,15 @@ def _table(rows, header: tuple[str, ...] | None = None) -> str:
     return f"<table>{head}{body}</table>"
 
 
-def render_html(report: dict[str, Any], images: list[ImageRow]) -> str:
+def render_html(report: Report, images: list[ImageRow]) -> str:
     esc = html.escape
     parts = [
-        f"<h1>sweeper report: {esc(report['study'])}</h1>",
-        f"<p class='decision'>decision: {esc(_name(report['decision']))}</p>",
+        f"<h1>sweeper report: {esc(report.study)}</h1>",
+        f"<p class='decision'>decision: {esc(_name(report.decision))}</p>",
         _table(headline(report)[1:]),
         "<h2>Feature extraction vs fine-tuning</h2>",
         _table(arm_rows(report), ("", "feature extraction", "fine-tuning")),
-        f"<p class='note'>{esc(report['evidence'])}.</p>",
+        f"<p class='note'>{esc(report.evidence)}.</p>",
     ]
     if matrix_rows(report):
         parts += ["<h2>Decision matrix</h2>", _table(matrix_rows(report))]
@@ -237,7 +242,7 @@ def render_html(report: dict[str, Any], images: list[ImageRow]) -> str:
             f"<figure><img src='data:image/png;base64,{data}' alt='{esc(title)}' data-file='{esc(name)}'>"
             f"<figcaption><b>{esc(title)}.</b> {esc(caption)}</figcaption></figure>"
         )
-    return _page(f"sweeper report: {report['study']}", "\n".join(parts))
+    return _page(f"sweeper report: {report.study}", "\n".join(parts))
 
 
 def _page(title: str, body: str) -> str:
@@ -247,19 +252,18 @@ def _page(title: str, body: str) -> str:
     )
 
 
-def summary_rows(reports: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+def summary_rows(reports: list[Report]) -> list[tuple[str, ...]]:
     rows = []
     for r in reports:
-        matrix = r.get("matrix") or {}
         rows.append(
             (
-                r["study"],
-                _name(r["decision"]),
-                f"{_f(r['gain'], '{:+.4f}')} {_ci(r.get('gain_ci'))}",
-                _f(r["cost_ratio"], "{:.1f}x"),
-                matrix.get("quadrant") or "–",
-                matrix.get("agreement", "unknown"),
-                "test, confirmed" if r.get("confirmed") else "validation, search only",
+                r.study,
+                _name(r.decision),
+                f"{_f(r.gain, '{:+.4f}')} {_ci(r.gain_ci)}",
+                _f(r.cost_ratio, "{:.1f}x"),
+                (r.matrix.quadrant if r.matrix else None) or "–",
+                r.matrix.agreement if r.matrix else "unknown",
+                "test, confirmed" if r.confirmed else "validation, search only",
             )
         )
     return rows
@@ -268,7 +272,7 @@ def summary_rows(reports: list[dict[str, Any]]) -> list[tuple[str, ...]]:
 SUMMARY_HEADER = ("study", "decision", "gain [95% interval]", "cost ratio", "quadrant", "matrix", "evidence")
 
 
-def render_summary_markdown(reports: list[dict[str, Any]], links: list[str]) -> str:
+def render_summary_markdown(reports: list[Report], links: list[str]) -> str:
     lines = ["# sweeper: one row per study", "", "| " + " | ".join(SUMMARY_HEADER) + " |"]
     lines.append("|" + "---|" * len(SUMMARY_HEADER))
     for row, link in zip(summary_rows(reports), links, strict=True):
@@ -276,7 +280,7 @@ def render_summary_markdown(reports: list[dict[str, Any]], links: list[str]) -> 
     return "\n".join(lines) + "\n"
 
 
-def render_summary_html(reports: list[dict[str, Any]], links: list[str]) -> str:
+def render_summary_html(reports: list[Report], links: list[str]) -> str:
     esc = html.escape
     head = "<tr>" + "".join(f"<th>{esc(h)}</th>" for h in SUMMARY_HEADER) + "</tr>"
     body = "".join(
@@ -290,7 +294,7 @@ def render_summary_html(reports: list[dict[str, Any]], links: list[str]) -> str:
     )
 
 
-def render_summary_text(reports: list[dict[str, Any]]) -> str:
+def render_summary_text(reports: list[Report]) -> str:
     """The table across studies for a terminal: fixed-width columns."""
     rows = [SUMMARY_HEADER, *summary_rows(reports)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(SUMMARY_HEADER))]

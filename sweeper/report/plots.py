@@ -16,9 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullFormatter
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeper.confirm import config_of
-from sweeper.records import seconds_of, strategy_of
-from sweeper.trial import plan_for
+from sweeper.records import seconds_of, stage_starts_of, strategy_of
 
 COLORS = {"feature_extraction": "#1f77b4", "fine_tuning": "#d62728"}
 LABELS = {"feature_extraction": "feature extraction", "fine_tuning": "fine-tuning"}
@@ -84,7 +82,7 @@ def _curves(completed: list[FrozenTrial], label: str, maximize: bool) -> Plot:
         blocks = trial.params.get("unfrozen_blocks", 0)
         name = f"trial {trial.number} ({LABELS[strategy_of(trial)]}, unfrozen_blocks={blocks})"
         axes.plot([s + 1 for s in steps], values, marker="o", color=color, label=name)
-        for start in _stage_starts(trial)[1:]:
+        for start in stage_starts_of(trial)[1:]:
             axes.axvline(start + 0.5, color=color, linestyle=":", alpha=0.7)
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     return _scored(
@@ -96,14 +94,6 @@ def _curves(completed: list[FrozenTrial], label: str, maximize: bool) -> Plot:
         f"{label} per epoch, top {len(ranked)} trials",
         "Dotted lines mark where a stage begins (the next blocks unfreeze), in the trial's colour.",
     )
-
-
-def _stage_starts(trial: FrozenTrial) -> tuple[int, ...]:
-    try:
-        config = config_of(trial)
-        return plan_for(config, max(config.unfrozen_blocks, 1)).stage_starts
-    except (TypeError, ValueError):  # params from an older search space
-        return (0,)
 
 
 def _by_unfrozen_blocks(study: optuna.Study, completed: list[FrozenTrial], label: str) -> Plot:

@@ -1,91 +1,48 @@
 """Worker processes on this machine: one per visible GPU, each seeing only its own device through
 CUDA_VISIBLE_DEVICES (more workers than GPUs share them round robin), else N CPU workers that
-split the cores. Each process runs ``sweeper worker SPEC --workers 1``, the same command that joins
-the study from another machine; storage and tracking URLs travel in its environment, so a password
-in them stays out of ``ps``.
+split the cores. Each process calls the worker command's function with the parent's settings,
+resolved once (``--workers 1`` and its device), exactly what ``sweeper worker`` does on another
+machine. The settings travel pickled through the forkserver's pipe: a password in a URL never
+appears on a command line or in an environment that ``ps`` shows.
 
 The processes come from a multiprocessing *forkserver* that has imported sweeper (torch,
 transformers, MLflow) once: a worker starts in about a second instead of re-importing everything.
 Like 'spawn', and unlike 'fork', a worker inherits no threads, database connections or CUDA state
 from the parent; the forkserver itself never touches CUDA.
 
-Stopping: SIGINT (Ctrl-C) or SIGTERM raises :class:`Interrupted` in a worker, which marks its
+Stopping: SIGINT (Ctrl-C) or SIGTERM raises `interrupts.Interrupted` in a worker, which marks its
 running trial failed and ends its MLflow run; the parent passes SIGTERM on to its workers, waits for
 them, and kills those that do not stop.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import signal
-import socket
-import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import optuna
+import torch
 from optuna.trial import FrozenTrial
 
-from sweeper.study import fail_trials_of_workers, finished_trials, reap_stale_trials
+from sweeper.records import worker_id
+from sweeper.recovery import fail_trials_of_workers, reap_stale_trials
+from sweeper.settings import Settings
+from sweeper.study import finished_trials
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
 STOP_GRACE_SECONDS = 60  # time a worker gets to mark its trial failed after SIGTERM
+# what the forkserver imports once, before it forks any worker
+PRELOAD = ["sweeper.commands"]
 
-
-class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM arrived: stop, leaving every record ended. Exit code 128 + signal."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum
-
-
-_received: list[int] = []  # the signal that asked this process to stop, once one has
-
-
-@contextmanager
-def signals_interrupt() -> Iterator[None]:
-    """SIGINT and SIGTERM raise :class:`Interrupted` in the main thread, once: later signals are
-    ignored while the running trial is marked failed (a Ctrl-C also reaches the workers of a
-    ``--workers`` parent, which then sends them SIGTERM). The request sticks: should code on the
-    way swallow the exception, :func:`stop_if_asked` raises it again before the next trial."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        for s in SIGNALS:
-            # a handler that does nothing, not SIG_IGN: Python would report a signal already
-            # pending (Ctrl-C and the parent's SIGTERM arrive together) as an OSError
-            signal.signal(s, lambda *_: None)
-        _received.append(signum)
-        raise Interrupted(signum)
-
-    previous = {s: signal.signal(s, interrupt) for s in SIGNALS}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-
-
-def stop_if_asked() -> None:
-    if _received:
-        raise Interrupted(_received[0])
+WorkerMain = Callable[[Settings], None]  # a module-level function: the forkserver pickles it by name
 
 
 def visible_gpus() -> list[str]:
     """The GPUs this process may use, as CUDA_VISIBLE_DEVICES entries (indices or UUIDs)."""
-    import torch
-
     count = torch.cuda.device_count()
     if count == 0:
         return []
@@ -111,13 +68,12 @@ class WorkerProcess:
 
     @property
     def worker_id(self) -> str:
-        # matches sweeper.study.worker_id() inside the process
-        return f"{socket.gethostname()}:{self.process.pid}"
+        return worker_id(self.process.pid)  # as its trials record it
 
 
 def _forkserver() -> multiprocessing.context.BaseContext:
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["sweeper.runner"])
+    context.set_forkserver_preload(PRELOAD)
     return context
 
 
@@ -129,37 +85,31 @@ def start_forkserver() -> None:
     forkserver.ensure_running()
 
 
-def start_workers(count: int, device: str, argv: list[str], env: dict[str, str]) -> list[WorkerProcess]:
-    """Start ``count`` processes running ``sweeper worker`` with ``argv`` (``--workers 1`` and the
-    device are added); ``env`` holds the settings they share (storage, tracking)."""
-    gpus = visible_gpus() if uses_gpus(device) else []
+def start_workers(count: int, settings: Settings, main: WorkerMain) -> list[WorkerProcess]:
+    """Start ``count`` processes, each running ``main(settings)`` with one worker and its device."""
+    gpus = visible_gpus() if uses_gpus(settings.device) else []
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     context = _forkserver()
     workers = []
     for index in range(count):
         gpu = gpus[index % len(gpus)] if gpus else None
         # a GPU worker sees its GPU alone; CPU workers split the cores instead of each taking all
-        child_env = {**env, "CUDA_VISIBLE_DEVICES": gpu or ""}
+        env = {"CUDA_VISIBLE_DEVICES": gpu or "", "TOKENIZERS_PARALLELISM": "false"}
         threads = None if gpu is not None else max(1, cores // count)
-        child_argv = ["worker", *argv, "--workers", "1", "--device", "cpu" if gpu is None else "cuda"]
+        child = dataclasses.replace(settings, workers=1, device="cpu" if gpu is None else "cuda")
         process = context.Process(
-            target=_worker_main, args=(child_argv, child_env, threads), name=f"sweeper-worker-{index}"
+            target=_worker_main, args=(main, child, env, threads), name=f"sweeper-worker-{index}"
         )
         process.start()
         workers.append(WorkerProcess(process, gpu))
     return workers
 
 
-def _worker_main(argv: list[str], env: dict[str, str], threads: int | None) -> None:
+def _worker_main(main: WorkerMain, settings: Settings, env: dict[str, str], threads: int | None) -> None:
     os.environ.update(env)
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
     if threads is not None:
-        import torch
-
         torch.set_num_threads(threads)
-    from sweeper.cli import main
-
-    sys.exit(main(argv))
+    main(settings)
 
 
 def wait_for(workers: list[WorkerProcess]) -> None:
@@ -186,31 +136,31 @@ def stop(workers: list[WorkerProcess], grace: float = STOP_GRACE_SECONDS) -> Non
 
 def run_workers(
     study: optuna.Study,
-    total: int,
+    settings: Settings,
     count: int,
-    device: str,
-    argv: list[str],
-    env: dict[str, str],
-    mark_run_failed: Callable[[FrozenTrial, str], None],
+    main: WorkerMain,
+    fail_run: Callable[[FrozenTrial, str], None],
     console,
 ) -> None:
     """Run ``count`` workers of ``study`` here until they exit; then end whatever trial a dead
     worker left running (and its MLflow run). Raises WorkersStopped when workers failed before the
     study reached its total."""
-    workers = start_workers(count, device, argv, env)
+    workers = start_workers(count, settings, main)
     shown = ", ".join(f"{w.process.pid} ({f'GPU {w.gpu}' if w.gpu else 'CPU'})" for w in workers)
     console.print(f"study [bold]{study.study_name}[/bold]: {count} workers: {shown}")
     try:
         wait_for(workers)
     finally:
         # a worker that died mid-trial cannot end its trial: do it now, not after the grace period
-        failed = fail_trials_of_workers(study, exit_reasons(workers), mark_run_failed)
+        failed = fail_trials_of_workers(study, exit_reasons(workers), fail_run)
         if failed:
             console.print(f"trials {failed} failed: their worker stopped")
         reap_stale_trials(study)
     finished, codes = finished_trials(study), [w.process.exitcode for w in workers]
-    if finished < total and any(codes):  # short of the total without a --timeout
-        raise WorkersStopped(f"workers exited with codes {codes}; {finished}/{total} trials finished")
+    if finished < settings.trials and any(codes):  # short of the total without a --timeout
+        raise WorkersStopped(
+            f"workers exited with codes {codes}; {finished}/{settings.trials} trials finished"
+        )
 
 
 class WorkersStopped(RuntimeError):

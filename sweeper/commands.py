@@ -1,0 +1,273 @@
+"""The commands, start to end: ``study``, ``worker`` and ``report``. Each resolves its settings
+once, checks every input before anything is written, does its work through the layers below and
+returns a typed outcome; the CLI parses arguments, calls one of these and prints the outcome.
+
+Exit codes (`exit_code`): 0 done, 1 stopped (trials keep failing, workers died), 2 bad input,
+128 + N when signal N interrupted it (130 for Ctrl-C, 143 for SIGTERM).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from rich.console import Console
+from rich.markup import escape
+
+from sweeper.cache import PrefixCache
+from sweeper.errors import UserError
+from sweeper.interrupts import Interrupted, signals_interrupt
+from sweeper.records import Tag
+from sweeper.redact import redact
+from sweeper.report import Report, report_study, spec_files, write_report, write_summary
+from sweeper.report.build import elapsed_seconds
+from sweeper.report.render import render_summary_text
+from sweeper.runtime import StudyRuntime, labelled_split, prepare
+from sweeper.session import Session, open_session, quiet_libraries, run_here
+from sweeper.settings import Options, Settings, default_spec_path, resolve
+from sweeper.spec import load_spec
+from sweeper.storage import make_storage
+from sweeper.study import TrialsKeepFailing, finished_trials
+from sweeper.tracking import StudyTracker
+from sweeper.workers import WorkersStopped, default_worker_count, run_workers, start_forkserver
+
+
+@dataclass(frozen=True)
+class Where:
+    """Where a study's records are, for the user to open."""
+
+    storage: str
+    tracking_uri: str
+    runs_url: str  # the MLflow runs table of the study's experiment
+
+    def lines(self) -> list[str]:
+        storage, tracking = redact(self.storage), redact(self.tracking_uri)
+        lines = [f"study DB: {storage}   (optuna-dashboard {storage})", f"MLflow:   {tracking}"]
+        if tracking.startswith("sqlite:"):
+            lines += [
+                f"open it:  mlflow ui --backend-store-uri {tracking} --port 5000",
+                f"          then {self.runs_url}",
+            ]
+        else:
+            lines.append(f"open it:  {self.runs_url}")
+        return lines
+
+
+@dataclass(frozen=True)
+class StudyOutcome:
+    """A study run to its total, and its search-only report (``report`` confirms it)."""
+
+    report: Report
+    out: Path
+    where: Where
+
+    def lines(self) -> list[str]:
+        return _decision_lines(self.report) + [
+            f"report:   {self.out}/report.md, report.html, report.json",
+            *self.where.lines(),
+        ]
+
+
+@dataclass(frozen=True)
+class WorkerOutcome:
+    study: str
+    finished: int
+    total: int
+
+    def lines(self) -> list[str]:
+        return [f"worker done: study {self.study} holds {self.finished}/{self.total} finished trials"]
+
+
+@dataclass(frozen=True)
+class ReportOutcome:
+    """One report per spec; several specs also share one table (``out`` holds it)."""
+
+    reports: list[Report]
+    out: Path
+    where: Where
+    several: bool  # several specs or a folder: one table across them
+
+    def lines(self) -> list[str]:
+        if self.several:
+            head = ["\n" + escape(render_summary_text(self.reports))]
+        else:
+            head = _decision_lines(self.reports[0])
+        return head + [f"report:   {self.out}/report.md, report.html, report.json", *self.where.lines()]
+
+
+Outcome = StudyOutcome | WorkerOutcome | ReportOutcome
+
+
+def _decision_lines(report: Report) -> list[str]:
+    return [f"\n[bold]decision: {report.decision.replace('_', ' ')}[/bold]", f"  {escape(report.reason)}"]
+
+
+def run_study(spec_path: Path | None, options: Options, console: Console | None = None) -> StudyOutcome:
+    """Run the spec's study (default: studies/vader-minilm.toml) up to its total of finished
+    trials, here or in ``--workers`` processes, then write the search-only report."""
+    console = console or Console(highlight=False, soft_wrap=True)
+    settings = resolve(options, load_spec(spec_path or default_spec_path()))
+    workers = settings.workers or 1
+    if workers > 1:
+        start_forkserver()  # it imports sweeper meanwhile
+    with open_session(settings, console, sampler_salt=0, runs_trials=workers == 1) as session:
+        _run_trials(session, workers, console)
+        # the search-only report (with confirmation runs only if already cached): `report` confirms
+        data = session.prepared.data.raw
+        report = report_study(
+            session.study, settings.spec, data.labels, data.classes, session.prepared.splits
+        )
+        report = _write(report, settings.out, session.study, session.tracker)
+        return StudyOutcome(report, settings.out, _where(settings, session.tracker))
+
+
+def run_worker(spec_path: Path | None, options: Options, console: Console | None = None) -> WorkerOutcome:
+    """Join the spec's study (creating it if new) and run its trials until it holds its total of
+    finished trials, in ``--workers`` processes (default: one per visible GPU, else one)."""
+    console = console or Console(highlight=False, soft_wrap=True)
+    return work(resolve(options, load_spec(spec_path or default_spec_path())), console)
+
+
+def work(settings: Settings, console: Console) -> WorkerOutcome:
+    """The worker command on resolved settings: what each ``--workers`` process runs too."""
+    workers = settings.workers or default_worker_count(settings.device)
+    if workers > 1:
+        start_forkserver()
+    # parallel workers must not draw the same random start-up parameters
+    with open_session(settings, console, sampler_salt=os.getpid(), runs_trials=workers == 1) as session:
+        _run_trials(session, workers, console)
+        _summarize_on_parent_run(session.tracker, session.study)
+        return WorkerOutcome(settings.spec.study.name, finished_trials(session.study), settings.trials)
+
+
+def _run_trials(session: Session, workers: int, console: Console) -> None:
+    with signals_interrupt():
+        if workers == 1:
+            run_here(session, console)
+        else:
+            run_workers(session.study, session.settings, workers, work_in_process, session.fail_run, console)
+
+
+def work_in_process(settings: Settings) -> None:
+    """The body of each ``--workers`` process: the worker command, its outcome and exit code."""
+    console = Console(highlight=False, soft_wrap=True)
+    sys.exit(exit_code(lambda: work(settings, console), console))
+
+
+def make_report(spec_paths: list[Path], options: Options, console: Console | None = None) -> ReportOutcome:
+    """Confirm and report each study (default: studies/vader-minilm.toml); several specs, or a
+    folder of them, also get one table across them, with report.json as a list, in ``--out``
+    (default reports/)."""
+    console = console or Console(highlight=False, soft_wrap=True)
+    quiet_libraries()
+    named = spec_paths or [default_spec_path()]
+    paths = spec_files(named)
+    if len(named) == 1 and not named[0].is_dir():
+        settings = resolve(options, load_spec(paths[0]))
+        report, tracker = _report_one(settings, console)
+        return ReportOutcome([report], settings.out, _where(settings, tracker), several=False)
+    out = options.out or Path("reports")
+    reports, links, where = [], [], None
+    for path in paths:
+        spec = load_spec(path)
+        settings = resolve(dataclasses.replace(options, out=out / spec.study.name), spec)
+        report, tracker = _report_one(settings, console)
+        reports.append(report)
+        links.append(f"{spec.study.name}/report.html")
+        where = _where(settings, tracker)
+    write_summary(reports, out, links)
+    return ReportOutcome(reports, out, where, several=True)
+
+
+def _report_one(settings: Settings, console: Console) -> tuple[Report, StudyTracker]:
+    spec = settings.spec
+    study = _load_study(settings)
+    raw, splits = labelled_split(spec)
+    tracker = StudyTracker(settings.tracking_uri, spec.study.name)
+    report = report_study(study, spec, raw.labels, raw.classes, splits, _runtimes(settings), console.print)
+    report = _write(report, settings.out, study, tracker)
+    return report, tracker
+
+
+def _load_study(settings: Settings) -> optuna.Study:
+    name = settings.spec.study.name
+    try:
+        return optuna.load_study(study_name=name, storage=make_storage(settings.storage))
+    except KeyError:
+        raise UserError(
+            f"no study {name!r} in {redact(settings.storage)}; run "
+            f"`python -m sweeper study {settings.spec.source_path}` first"
+        ) from None
+
+
+def _runtimes(settings: Settings) -> Callable[[], StudyRuntime]:
+    """Runtimes for the confirmation runs: the model and data load once (when first needed);
+    each runtime has an empty frozen-prefix cache in memory, not the disk cache, so that each arm
+    computes its own prefix states and its cost is that of a run from scratch, whatever the
+    search left on disk (--no-cache: none at all)."""
+    loaded = []
+
+    def runtime() -> StudyRuntime:
+        if not loaded:
+            loaded.append(prepare(settings.spec, settings.device))
+        return StudyRuntime(loaded[0], PrefixCache(None) if settings.cache_dir is not None else None)
+
+    return runtime
+
+
+def _write(report: Report, out: Path, study: optuna.Study, tracker: StudyTracker) -> Report:
+    """The report's files, the report folder as an artifact of the parent run, and its figures on it."""
+    report, _ = write_report(report, out, study)
+    tracker.log_report(out)
+    _summarize_on_parent_run(tracker, study, report)
+    return report
+
+
+def _summarize_on_parent_run(
+    tracker: StudyTracker, study: optuna.Study, report: Report | None = None
+) -> None:
+    """The study's trial counts, elapsed time and decision on its parent run, so that the MLflow
+    runs table shows what the study stands for."""
+    trials = study.get_trials(deepcopy=False)
+    states = Counter(t.state.name.lower() for t in trials)
+    metrics = {f"trials_{state}": float(states.get(state, 0)) for state in ("complete", "pruned", "fail")}
+    metrics["trials_finished"] = metrics["trials_complete"] + metrics["trials_pruned"]
+    elapsed = elapsed_seconds(trials)
+    if elapsed is not None:
+        metrics["elapsed_seconds"] = elapsed
+    tags = {}
+    if report is not None:
+        tags = {Tag.DECISION: report.decision, Tag.CONFIRMED: str(report.confirmed).lower()}
+        if report.gain is not None:
+            metrics["gain"] = report.gain
+    tracker.summarize_study(metrics, tags)
+
+
+def _where(settings: Settings, tracker: StudyTracker) -> Where:
+    tracking = settings.tracking_uri
+    ui = "http://127.0.0.1:5000" if tracking.startswith("sqlite:") else redact(tracking).rstrip("/")
+    return Where(settings.storage, tracking, tracker.runs_url(ui))
+
+
+def exit_code(command: Callable[[], Outcome], console: Console) -> int:
+    """Run a command, print its outcome, and say how it ended: one message, no traceback."""
+    try:
+        outcome = command()
+    except UserError as exc:
+        console.print(f"[red]error:[/red] {escape(redact(str(exc)))}")
+        return exc.exit_code
+    except (TrialsKeepFailing, WorkersStopped) as exc:
+        console.print(f"[red]stopped:[/red] {escape(redact(str(exc)))}")
+        return 1
+    except KeyboardInterrupt as exc:
+        console.print("[red]interrupted[/red]: running trials were marked failed and their runs ended")
+        return exc.exit_code if isinstance(exc, Interrupted) else 130
+    for line in outcome.lines():
+        console.print(line)
+    return 0

@@ -1,0 +1,227 @@
+"""The report as typed values: what the builder makes, what the renderers read, and what
+report.json holds (`Report.to_json`, a fixed schema that scripts can read; see DESIGN.md).
+
+``to_json`` keeps the schema of earlier versions exactly: the keys an arm has only once confirmed
+(``seed_values``, ``test``, ...) and the forgetting figures of the confirmation runs are absent,
+not null, before that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sweeper.records import Strategy
+
+REPORT_KEYS = (
+    "study",
+    "decision",
+    "feature_extraction",
+    "fine_tuning",
+    "gain",
+    "gain_ci",
+    "cost_ratio",
+    "matrix",
+    "forgetting",
+    "reason",
+)
+
+
+@dataclass(frozen=True)
+class ArmConfirmation:
+    """An arm's confirmation runs, summarised over seeds (test split)."""
+
+    seed_values: list[float]  # the test metric of each seed
+    seed_std: float | None
+    test: dict[str, float]  # every test metric, mean over seeds
+    confirm_val_value: float  # the validation metric of the runs, mean over seeds
+    prefix_seconds: float
+    train_seconds: float
+
+
+@dataclass(frozen=True)
+class Arm:
+    """The best trial of one strategy, and, once confirmed, its confirmation runs."""
+
+    trial: int
+    params: dict[str, float | int]
+    mlflow_run_id: str | None
+    search_value: float  # the trial's validation value (it was selected on it)
+    value: float  # the report's value: the test mean once confirmed, else search_value
+    device_seconds: float  # one run: from scratch once confirmed, else the best trial's
+    wall_seconds: float
+    trials: int  # trials of this strategy in the search
+    arm_device_seconds: float
+    arm_wall_seconds: float
+    confirmation: ArmConfirmation | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        confirmation = data.pop("confirmation")
+        return {**data, **(confirmation or {})}
+
+
+@dataclass(frozen=True)
+class Matrix:
+    """The decision-matrix reading: dataset size × similarity to the pretraining data."""
+
+    train_examples: int
+    per_class: dict[str, int] | None
+    per_class_min: int
+    per_class_mean: float
+    probe_balanced_accuracy: float | None
+    probe_score: float | None  # 0 at chance, 1 perfect
+    size: str  # small | large
+    similarity: str | None  # similar | different; None before the probe ran
+    quadrant: str | None
+    advice: str | None
+    expected: str | None
+    agreement: str  # agrees | disagrees | unknown
+    thresholds: dict[str, float]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ConfirmedForgetting:
+    cka: float
+    cka_seeds: list[float]
+    weight_change: dict[str, float]
+    weight_change_mean: float
+
+
+@dataclass(frozen=True)
+class TrialForgetting:
+    trial: int
+    value: float
+    unfrozen_blocks: int | None
+    cka: float
+    weight_change_mean: float
+
+
+@dataclass(frozen=True)
+class Forgetting:
+    """How far fine-tuning moved the backbone: the best fine-tuning trial stage by stage, every
+    completed fine-tuning trial's final figures, and the confirmation runs'."""
+
+    trial: int
+    per_stage: list[dict]  # as the trial recorded them: {"stage", "cka", "weight_change"}
+    cka: float | None
+    weight_change: dict[str, float] | None
+    weight_change_mean: float | None
+    confirmed: ConfirmedForgetting | None
+    trials: list[TrialForgetting] = field(default_factory=list)
+
+    @property
+    def final_cka(self) -> float | None:
+        """The CKA the headline shows: the confirmation runs', else the best trial's."""
+        return self.confirmed.cka if self.confirmed is not None else self.cka
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        if self.confirmed is None:
+            del data["confirmed"]
+        trials = data.pop("trials")
+        return {**data, "trials": trials}
+
+
+@dataclass(frozen=True)
+class StudyCost:
+    trials: int
+    device_seconds: float
+    wall_seconds: float
+    elapsed_seconds: float | None  # first trial start to last trial end
+
+
+@dataclass(frozen=True)
+class ConfirmationCost:
+    runs: int
+    device_seconds: float
+    wall_seconds: float
+
+
+@dataclass(frozen=True)
+class Cost:
+    study: StudyCost
+    confirmation: ConfirmationCost
+
+
+@dataclass(frozen=True)
+class Report:
+    """The decision and its evidence, for one study.
+
+    Example:
+        >>> report = build_report(study, spec)            # search only: provisional
+        >>> report.decision, report.metric, report.confirmed
+        ('fine_tuning', 'val_accuracy', False)
+        >>> json.dumps(report.to_json())                   # report.json
+    """
+
+    study: str
+    decision: Strategy
+    confirmed: bool
+    feature_extraction: Arm | None
+    fine_tuning: Arm | None
+    gain: float | None  # fine-tuning minus feature extraction (positive = fine-tuning better)
+    gain_ci: tuple[float, float] | None
+    gain_ci_seeds: tuple[float, float] | None
+    gain_ci_test_examples: tuple[float, float] | None
+    confidence: float
+    cost_ratio: float | None  # fine-tuning / feature extraction, device-seconds per run
+    gain_per_device_hour: float | None
+    cost: Cost
+    matrix: Matrix | None
+    forgetting: Forgetting | None
+    reason: str
+    metric_name: str  # the spec's metric: accuracy | macro_f1 | loss
+    direction: str  # maximize | minimize
+    min_gain: float
+    evidence: str
+    plots: tuple[str, ...] = ()  # the PNG files beside the report
+
+    @property
+    def split(self) -> str:
+        """Where the values were measured: the test split once confirmed, else validation."""
+        return "test" if self.confirmed else "val"
+
+    @property
+    def metric(self) -> str:
+        return f"{self.split}_{self.metric_name}"
+
+    def arm(self, strategy: Strategy) -> Arm | None:
+        return self.feature_extraction if strategy == "feature_extraction" else self.fine_tuning
+
+    def to_json(self) -> dict[str, Any]:
+        """report.json: the same keys, in the same places, as every earlier version."""
+        return {
+            "study": self.study,
+            "decision": self.decision,
+            "confirmed": self.confirmed,
+            "feature_extraction": _json(self.feature_extraction),
+            "fine_tuning": _json(self.fine_tuning),
+            "gain": self.gain,
+            "gain_ci": _pair(self.gain_ci),
+            "gain_ci_seeds": _pair(self.gain_ci_seeds),
+            "gain_ci_test_examples": _pair(self.gain_ci_test_examples),
+            "confidence": self.confidence,
+            "cost_ratio": self.cost_ratio,
+            "gain_per_device_hour": self.gain_per_device_hour,
+            "cost": asdict(self.cost),
+            "matrix": _json(self.matrix),
+            "forgetting": _json(self.forgetting),
+            "reason": self.reason,
+            "metric": self.metric,
+            "direction": self.direction,
+            "min_gain": self.min_gain,
+            "evidence": self.evidence,
+            "plots": list(self.plots),
+        }
+
+
+def _json(value) -> dict[str, Any] | None:
+    return value.to_json() if value is not None else None
+
+
+def _pair(value: tuple[float, float] | None) -> list[float] | None:
+    return list(value) if value is not None else None
