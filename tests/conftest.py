@@ -111,7 +111,7 @@ def _to_toml(sections: dict) -> str:
     out = []
     for section, values in sections.items():
         out.append(f"[{section}]")
-        out += [f"{k} = {value(v)}" for k, v in values.items()]
+        out += [f"{k} = {value(v)}" for k, v in values.items() if v is not None]  # None: key left out
         out.append("")
     return "\n".join(out)
 

@@ -50,6 +50,7 @@ def sync_playwright():
     return sync_playwright
 
 
+@pytest.mark.slow
 def test_mlflow_lists_every_trial_and_the_report_images_load(workdir, tracking_uri, sync_playwright):
     spec = write_spec(workdir, budget={"trials": TRIALS, "pruner": "none", "confirm_seeds": 2})
     commands.run_study(spec, Options(trials=TRIALS, tracking_uri=tracking_uri))

@@ -53,6 +53,7 @@ def splits_used(monkeypatch) -> dict[str, list[str]]:
     return used
 
 
+@pytest.mark.slow
 def test_only_confirmation_touches_the_test_split_and_its_runs_are_cached(
     workdir, tracking_uri, splits_used, monkeypatch
 ):

@@ -3,9 +3,12 @@ stratified, disjoint, complete and a function of the seed alone."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from sweeper.data import LOADERS, load_raw
+from sweeper.data import LOADERS, load_raw, split_indices
 from sweeper.errors import UserError
 from sweeper.spec import load_spec
 from tests.conftest import write_spec
@@ -19,3 +22,59 @@ def test_an_unknown_data_kind_is_refused_with_the_registry_s_names(tmp_path):
     assert "tiny.toml: [data] kind is 'parquet'" in message
     for kind in LOADERS:  # every registered kind is offered, and nothing else
         assert kind in message
+
+
+@st.composite
+def _labels(draw):
+    classes = draw(st.integers(2, 5))
+    counts = draw(st.lists(st.integers(3, 60), min_size=classes, max_size=classes))
+    labels = [c for c, n in enumerate(counts) for _ in range(n)]
+    return draw(st.permutations(labels))
+
+
+@settings(max_examples=80, deadline=None)
+@given(labels=_labels(), val=st.floats(0.05, 0.4), test=st.floats(0.05, 0.4), seed=st.integers(0, 2**31))
+def test_the_split_is_disjoint_complete_stratified_and_a_function_of_the_seed(labels, val, test, seed):
+    splits = split_indices(labels, val, test, seed)
+    parts = [splits.train, splits.val, splits.test]
+    joined = np.concatenate(parts)
+    assert sorted(joined.tolist()) == list(range(len(labels)))  # every example once
+    array = np.asarray(labels)
+    for label in np.unique(array):
+        members = int((array == label).sum())
+        in_val, in_test = int((array[splits.val] == label).sum()), int((array[splits.test] == label).sum())
+        # every class in each split, in proportion (rounded, at least one)
+        assert in_val == max(1, round(members * val)) and in_test == max(1, round(members * test))
+        assert (array[splits.train] == label).any()
+    again = split_indices(labels, val, test, seed)
+    assert all((a == b).all() for a, b in zip(parts, [again.train, again.val, again.test], strict=True))
+
+
+def test_another_seed_gives_another_split():
+    labels = [i % 3 for i in range(300)]
+    assert not (split_indices(labels, 0.2, 0.2, 0).test == split_indices(labels, 0.2, 0.2, 1).test).all()
+
+
+def test_the_vader_lexicon_reads_as_three_classes_by_the_mean_rating(tmp_path):
+    spec = load_spec(write_spec(tmp_path, data={"kind": "vader_lexicon", "path": None}))
+    raw = load_raw(spec)
+    assert raw.classes == ["negative", "neutral", "positive"] and raw.modality == "text"
+    by_word = dict(zip(raw.examples, raw.labels, strict=True))
+    assert (
+        by_word["good"] == 2 and by_word["bad"] == 0 and by_word["table"] == 1 if "table" in by_word else True
+    )
+
+
+def test_a_jsonl_line_that_is_not_json_is_named(tmp_path):
+    (tmp_path / "rows.jsonl").write_text('{"text": "a", "label": 1}\n{"text": oops}\n')
+    spec = load_spec(write_spec(tmp_path, data={"kind": "jsonl", "path": "rows.jsonl"}))
+    with pytest.raises(UserError, match="rows.jsonl line 2 is not JSON"):
+        load_raw(spec)
+
+
+def test_a_class_with_too_few_examples_for_three_splits_is_refused(tmp_path):
+    rows = "text,label\n" + "".join(f"w{i},a\n" for i in range(10)) + "x,b\ny,b\n"
+    (tmp_path / "few.csv").write_text(rows)
+    spec = load_spec(write_spec(tmp_path, data={"path": "few.csv"}))
+    with pytest.raises(UserError, match="class 'b' has 2 examples; every class needs at least 3"):
+        load_raw(spec)

@@ -1,6 +1,7 @@
 """One training path: trials and confirmation runs both train through `fit`, so a trial's
 configuration re-run by the confirmation path with the trial's seed gives the trial's values;
-seeds are derived in one place; the caller's step is timed as bookkeeping, not training."""
+seeds are derived in one place; the caller's step is timed as bookkeeping, not training; the
+pretrained weights every run shares never move."""
 
 from __future__ import annotations
 
@@ -109,3 +110,10 @@ def test_compile_applies_to_the_blocks_a_run_trains_in_every_path(tmp_path):
     model = _build(runtime, plan)  # what trials and confirmation runs both train
     compiled = [getattr(block, "_compiled_call_impl", None) is not None for block in model.blocks]
     assert compiled == [False] * plan.cut + [True] * plan.unfrozen_blocks
+
+
+def test_the_pretrained_weights_the_runs_share_never_move(runtime):
+    before = {k: v.clone() for k, v in runtime.pretrained.module.state_dict().items()}
+    fit(runtime, TrialConfig(2, 0.01, 1, lr_ratio=1.0, stage_epochs=1, blocks_per_stage=2), 0)
+    after = runtime.pretrained.module.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sweeper.errors import UserError
-from sweeper.spec import load_spec
+from sweeper.spec import SearchSection, bounds, load_spec
 from tests.conftest import write_spec
 
 
@@ -75,3 +77,31 @@ def test_invalid_toml_names_the_file(tmp_path):
 def test_missing_spec_file_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="no such spec file"):
         load_spec(tmp_path / "nope.toml")
+
+
+_KEYS = {"unfrozen_blocks": 0, "head_epochs": 1, "stage_epochs": 1, "blocks_per_stage": 1}
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=60)
+@given(key=st.sampled_from(sorted(_KEYS)), low=st.integers(-2, 12), high=st.integers(-2, 12))
+def test_an_integer_range_is_taken_exactly_when_ordered_and_within_its_floor(key, low, high):
+    floor = _KEYS[key]
+    if floor <= low <= high:
+        assert bounds(getattr(SearchSection(**{key: (low, high)}), key)) == (low, high)
+    else:
+        with pytest.raises(ValueError):
+            SearchSection(**{key: (low, high)})
+
+
+@given(low=st.floats(1e-6, 2.0), high=st.floats(1e-6, 2.0))
+def test_lr_ratio_is_a_positive_range_that_never_lets_the_backbone_outrun_the_head(low, high):
+    if low <= high <= 1.0:
+        assert bounds(SearchSection(lr_ratio=(low, high)).lr_ratio) == (low, high)
+    else:
+        with pytest.raises(ValueError):
+            SearchSection(lr_ratio=(low, high))
+
+
+@given(value=st.integers(1, 9))
+def test_a_fixed_value_is_its_own_range(value):
+    assert bounds(SearchSection(head_epochs=value).head_epochs) == (value, value)

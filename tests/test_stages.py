@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from torchvision import models as tvm
 
 from sweeper.backbones import to_block_model
@@ -31,6 +33,35 @@ def test_full_fine_tuning_reaches_every_block():
     plan = plan_stages(4, unfrozen_blocks=4, blocks_per_stage=1, head_epochs=1, stage_epochs=2)
     assert plan.stages[-1].trainable_blocks == (0, 1, 2, 3)
     assert len(plan.stages) == 5 and plan.cut == 0
+
+
+@st.composite
+def _plans(draw):
+    blocks = draw(st.integers(1, 24))
+    return (
+        blocks,
+        draw(st.integers(0, blocks)),  # unfrozen
+        draw(st.integers(1, blocks)),  # per stage
+        draw(st.integers(1, 5)),  # head epochs
+        draw(st.integers(1, 5)),  # stage epochs
+    )
+
+
+@given(_plans())
+def test_every_plan_unfreezes_from_the_top_and_ends_with_exactly_the_unfrozen_blocks(case):
+    blocks, unfrozen, per_stage, head_epochs, stage_epochs = case
+    plan = plan_stages(blocks, unfrozen, per_stage, head_epochs, stage_epochs)
+    trainable = [set(stage.trainable_blocks) for stage in plan.stages]
+    assert trainable[0] == set() and plan.stages[0].epochs == head_epochs  # the head first, alone
+    assert trainable[-1] == set(range(blocks - unfrozen, blocks)) and plan.cut == blocks - unfrozen
+    for lower, higher in zip(trainable, trainable[1:], strict=False):
+        # each stage keeps what the one before trained and adds up to per_stage blocks below it
+        assert lower < higher and len(higher - lower) <= per_stage
+        assert max(higher - lower) < min(lower, default=blocks)
+    assert [s.index for s in plan.stages] == list(range(len(plan.stages)))
+    starts = [sum(s.epochs for s in plan.stages[:i]) for i in range(len(plan.stages))]
+    assert list(plan.stage_starts) == starts and plan.total_epochs == starts[-1] + plan.stages[-1].epochs
+    assert all(plan.entry(s) == min(s.trainable_blocks, default=blocks + 1) for s in plan.stages)
 
 
 def test_more_unfrozen_blocks_than_the_model_has_is_refused():

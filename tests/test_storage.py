@@ -14,6 +14,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
 from optuna.trial import TrialState
 
 from sweeper.errors import UserError
@@ -104,12 +105,33 @@ with lock:
 """
 
 
+def _waiting_for_the_lock(storage_url: str) -> int:
+    """How many sessions or processes wait for a study lock now, as the backend itself says."""
+    if storage_url.startswith("sqlite"):
+        inode = Path(storage_url.removeprefix("sqlite:///") + ".lock").stat().st_ino
+        return sum(
+            " -> FLOCK " in line and line.split()[6].endswith(f":{inode}") for line in open("/proc/locks")
+        )
+    engine = make_storage(storage_url).engine
+    query = (
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        if engine.dialect.name == "postgresql"
+        else "SELECT count(*) FROM information_schema.PROCESSLIST WHERE STATE = 'User lock'"
+    )
+    with engine.connect() as connection:
+        return int(connection.execute(sqlalchemy.text(query)).scalar())
+
+
+@pytest.mark.slow
 def test_the_study_lock_excludes_other_processes(storage_url):
     lock = StudyLock(make_storage(storage_url), "tiny")
     with lock:
         other = _python(LOCK_THEN_REPORT, storage_url)
         assert other.stdout.readline().strip() == "ready"
-        time.sleep(1.0)
+        deadline = time.monotonic() + 60
+        while not _waiting_for_the_lock(storage_url) and time.monotonic() < deadline:
+            time.sleep(0.05)  # polling for the handshake: the other process blocks on the lock
+        assert _waiting_for_the_lock(storage_url) == 1
         released = time.time()
     out, err = other.communicate(timeout=60)
     assert other.returncode == 0, err
@@ -124,17 +146,20 @@ from sweeper.storage import StudyLock, make_storage
 from sweeper.study import open_study
 spec, url, go = load_spec(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 storage = make_storage(url)
+print("ready", flush=True)
 while not go.exists():
     time.sleep(0.01)
 open_study(spec, storage, StudyLock(storage, spec.study.name))
 """
 
 
+@pytest.mark.slow
 def test_workers_creating_the_study_together_queue_the_baselines_once(tmp_path, storage_url):
     spec = write_spec(tmp_path)
     go = tmp_path / "go"
     workers = [_python(OPEN_TOGETHER, str(spec), storage_url, str(go)) for _ in range(4)]
-    time.sleep(2.0)  # let them all reach the start line
+    for worker in workers:  # all of them at the start line, their storage open
+        assert worker.stdout.readline().strip() == "ready"
     go.touch()
     for worker in workers:
         _, err = worker.communicate(timeout=60)

@@ -1,5 +1,6 @@
 """A study end to end on real MiniLM, real words, a real SQLite study DB and a real MLflow store:
-the trial total, resume, a refused change of search space, pruning and failing trials."""
+the trial total, resume, a refused change of search space, the pruner setting, and a trial's model
+freed before the next trial."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ def _study(workdir, name="tiny") -> optuna.Study:
     return optuna.load_study(study_name=name, storage=f"sqlite:///{workdir / 'sweeper.db'}")
 
 
+@pytest.mark.slow
 def test_study_runs_the_baselines_first_then_continues_to_the_total_without_duplicates(workdir, tracking_uri):
     spec = write_spec(workdir)
     run_study(spec, _options(workdir, tracking_uri, trials=2))
@@ -62,6 +64,7 @@ def test_study_runs_the_baselines_first_then_continues_to_the_total_without_dupl
     ]
 
 
+@pytest.mark.slow
 def test_a_changed_search_space_is_refused_and_nothing_is_added(workdir, tracking_uri):
     spec = write_spec(workdir)
     run_study(spec, _options(workdir, tracking_uri, trials=1))
@@ -73,57 +76,6 @@ def test_a_changed_search_space_is_refused_and_nothing_is_added(workdir, trackin
     assert "[search] head_lr was [0.001, 0.01], now [0.0001, 0.01]" in str(caught.value)
     assert "new value" in str(caught.value)
     assert len(_study(workdir).trials) == before
-
-
-def _objective(tracking_uri, spec_path):
-    runtime = runtime_for(spec_path)
-    tracker = StudyTracker(tracking_uri, runtime.spec.study.name)
-    return make_objective(runtime, tracker), tracker
-
-
-def test_a_pruned_trial_is_recorded_pruned_with_its_run_killed(workdir, tracking_uri):
-    objective, tracker = _objective(tracking_uri, write_spec(workdir, search={"head_epochs": 3}))
-    # accuracy never reaches 1.5: a real Optuna pruner stops the trial at its first report
-    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=1.5))
-    study.enqueue_trial({"unfrozen_blocks": 0})
-    study.optimize(objective, n_trials=1)
-    trial = study.trials[0]
-    assert trial.state == TrialState.PRUNED
-    assert "pruned after epoch 0" in trial.user_attrs["prune_reason"]
-    assert trial.intermediate_values.keys() == {0}
-    tracker.flush()  # runs are written in the background
-    run = MlflowClient(tracking_uri).get_run(trial.user_attrs["mlflow_run_id"])
-    assert run.info.status == "KILLED" and run.data.tags["optuna.state"] == "PRUNED"
-
-
-def test_a_fine_tuning_trial_is_not_pruned_before_its_first_block_unfreezes(workdir, tracking_uri):
-    objective, tracker = _objective(tracking_uri, write_spec(workdir, search={"head_epochs": 2}))
-    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=1.5))
-    study.enqueue_trial({"unfrozen_blocks": 2, "lr_ratio": 0.05, "stage_epochs": 1, "blocks_per_stage": 1})
-    study.optimize(objective, n_trials=1)
-    trial = study.trials[0]
-    assert trial.state == TrialState.PRUNED
-    # epochs 0 and 1 are the head-only stage; the first chance to prune is stage 1's first epoch
-    assert "pruned after epoch 2" in trial.user_attrs["prune_reason"]
-
-
-def test_a_failing_trial_ends_failed_with_its_reason_and_the_study_goes_on(workdir, tracking_uri):
-    objective, tracker = _objective(tracking_uri, write_spec(workdir))
-    study = optuna.create_study(direction="maximize")
-    # an absurd learning rate makes the loss infinite: the trial fails, the next one runs
-    study.enqueue_trial({"unfrozen_blocks": 0, "head_lr": 1e30})
-    study.enqueue_trial({"unfrozen_blocks": 0, "head_lr": 0.005})
-    with pytest.warns(UserWarning):
-        study.optimize(objective, n_trials=2, catch=(Exception,))
-    failed, ok = study.trials
-    assert failed.state == TrialState.FAIL and ok.state == TrialState.COMPLETE
-    assert "NonFiniteLossError" in failed.user_attrs["fail_reason"]
-    tracker.flush()
-    client = MlflowClient(tracking_uri)
-    run = client.get_run(failed.user_attrs["mlflow_run_id"])
-    assert run.info.status == "FAILED"
-    assert "NonFiniteLossError" in run.data.tags["sweeper.reason"]
-    assert client.get_run(ok.user_attrs["mlflow_run_id"]).info.status == "FINISHED"
 
 
 @pytest.mark.parametrize(
@@ -138,6 +90,7 @@ def test_the_spec_pruner_setting_picks_the_optuna_pruner(tmp_path, name, kind):
     assert isinstance(make_pruner(load_spec(write_spec(tmp_path, budget={"pruner": name}))), kind)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lower", [1.5, 0.0], ids=["pruned", "completed"])
 def test_a_trials_model_is_freed_before_the_next_trial(workdir, tracking_uri, lower):
     import gc
@@ -146,7 +99,8 @@ def test_a_trials_model_is_freed_before_the_next_trial(workdir, tracking_uri, lo
     from sweeper.storage import StudyLock, make_storage
     from sweeper.study import run_trials
 
-    objective, tracker = _objective(tracking_uri, write_spec(workdir, search={"head_epochs": 2}))
+    runtime = runtime_for(write_spec(workdir, search={"head_epochs": 2}))
+    objective = make_objective(runtime, StudyTracker(tracking_uri, "gc"))
     storage = make_storage(f"sqlite:///{workdir / 'gc.db'}")
     study = optuna.create_study(
         study_name="gc",

@@ -1,13 +1,8 @@
 """MLflow records of a study: experiment, parent run, one child run per trial with its params,
-per-epoch metrics, stage boundaries, timing and tags; no run left RUNNING; secrets redacted."""
+per-epoch metrics, stage boundaries, timing and tags; no run left RUNNING; the study's figures on
+its parent run; writes batched for short epochs; an MLflow error logged, never raised."""
 
 from __future__ import annotations
-
-import signal
-import subprocess
-import sys
-import textwrap
-import time
 
 import optuna
 import pytest
@@ -15,7 +10,6 @@ from mlflow import MlflowClient
 
 from sweeper.commands import run_study
 from sweeper.records import strategy_of
-from sweeper.redact import redact
 from sweeper.settings import Options
 from sweeper.tracking import StudyTracker
 from tests.conftest import write_spec
@@ -29,6 +23,7 @@ def finished_study(workdir, tracking_uri):
     return optuna.load_study(study_name="tiny", storage=storage), MlflowClient(tracking_uri)
 
 
+@pytest.mark.slow
 def test_each_trial_is_a_child_run_with_params_metrics_and_tags(finished_study):
     study, client = finished_study
     experiment = client.get_experiment_by_name("tiny")
@@ -57,6 +52,7 @@ def test_each_trial_is_a_child_run_with_params_metrics_and_tags(finished_study):
         assert run.data.metrics["value"] == pytest.approx(trial.value)
 
 
+@pytest.mark.slow
 def test_stage_boundaries_are_recorded_per_epoch_and_as_a_tag(finished_study):
     study, client = finished_study
     fine_tuning = next(t for t in study.trials if t.params["unfrozen_blocks"] == 2)
@@ -66,6 +62,7 @@ def test_stage_boundaries_are_recorded_per_epoch_and_as_a_tag(finished_study):
     assert run.data.tags["sweeper.stage_starts"] == "0,1,2"
 
 
+@pytest.mark.slow
 def test_no_run_is_left_running(finished_study):
     _, client = finished_study
     experiment = client.get_experiment_by_name("tiny")
@@ -73,6 +70,7 @@ def test_no_run_is_left_running(finished_study):
     assert "RUNNING" not in statuses
 
 
+@pytest.mark.slow
 def test_the_study_report_is_an_artifact_of_the_parent_run(finished_study):
     _, client = finished_study
     experiment = client.get_experiment_by_name("tiny")
@@ -82,24 +80,26 @@ def test_the_study_report_is_an_artifact_of_the_parent_run(finished_study):
     assert parent.data.params["study.name"] == "tiny"
 
 
+def test_the_parent_run_carries_the_study_s_figures_and_ends_when_they_were_taken(tracking_uri):
+    tracker = StudyTracker(tracking_uri, "summary")
+    client = MlflowClient(tracking_uri)
+    before = client.get_run(tracker.parent_run_id).info  # created, and ended at once
+    tracker.summarize_study(
+        {"trials_complete": 3, "elapsed_seconds": 12.5}, {"sweeper.decision": "fine_tuning"}
+    )
+    after = client.get_run(tracker.parent_run_id)
+    assert after.data.metrics == {"trials_complete": 3.0, "elapsed_seconds": 12.5}
+    assert after.data.tags["sweeper.decision"] == "fine_tuning"
+    assert after.info.status == "FINISHED" and after.info.end_time >= before.end_time
+    tracker.summarize_study({"trials_complete": 4}, {})  # a later command: the latest value shows
+    assert client.get_run(tracker.parent_run_id).data.metrics["trials_complete"] == 4.0
+
+
 def test_a_second_tracker_finds_the_same_experiment_and_parent_run(tracking_uri):
     first = StudyTracker(tracking_uri, "shared")
     second = StudyTracker(tracking_uri, "shared")
     assert first.experiment_id == second.experiment_id
     assert first.parent_run_id == second.parent_run_id
-
-
-@pytest.mark.parametrize(
-    ("text", "shown"),
-    [
-        ("postgresql+psycopg://bob:hunter2@db:5432/optuna", "postgresql+psycopg://bob:***@db:5432/optuna"),
-        ("http://u:p%40ss@mlflow:5000", "http://u:***@mlflow:5000"),
-        ("failed: postgresql://x:y@h/d?password=z", "failed: postgresql://x:***@h/d?password=***"),
-        ("sqlite:///sweeper.db", "sqlite:///sweeper.db"),
-    ],
-)
-def test_passwords_in_urls_are_redacted(text, shown):
-    assert redact(text) == shown
 
 
 def _history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
@@ -156,71 +156,3 @@ def test_an_mlflow_error_in_the_background_is_logged_not_raised(tracking_uri, ca
         tracker.flush()
     assert "MLflow did not record a trial's run" in caplog.text
     assert caplog.text.count("did not record") == 1  # once per run, not once per write
-
-
-def _wait_for_status(client: MlflowClient, run_id: str, status: str, seconds: float = 60) -> str:
-    deadline = time.monotonic() + seconds
-    while (found := client.get_run(run_id).info.status) != status and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return found
-
-
-def test_writes_already_sent_are_made_after_the_worker_is_killed(tracking_uri):
-    # the run ends in the writer process, which outlives its killed parent
-    script = textwrap.dedent(
-        f"""
-        import os, signal
-        from sweeper.tracking import StudyTracker
-        tracker = StudyTracker({tracking_uri!r}, "killed")
-        run = tracker.start_trial(0, {{"head_lr": 0.01}}, {{}})
-        print(run.created(), flush=True)
-        for epoch in range(3):
-            run.log_epoch(epoch, {{"val_accuracy": 0.5}})
-        run.end("COMPLETE", metrics={{"value": 0.5}})
-        os.kill(os.getpid(), signal.SIGKILL)  # no flush, no exit handlers
-        """
-    )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert done.returncode == -signal.SIGKILL, done.stderr
-    run_id = done.stdout.strip()
-    client = MlflowClient(tracking_uri)
-    assert _wait_for_status(client, run_id, "FINISHED") == "FINISHED"
-    assert client.get_run(run_id).data.metrics["value"] == 0.5
-    assert [step for step, _ in _history(client, run_id, "val_accuracy")] == [0, 1, 2]
-
-
-def test_a_dead_writer_process_is_replaced_and_the_runs_it_made_still_end(tracking_uri, caplog):
-    tracker = StudyTracker(tracking_uri, "replaced")
-    first = tracker.start_trial(0, {}, {})
-    first.created()
-    tracker._writer._child._process.kill()  # as the OOM killer would
-    tracker._writer._child._process.wait()
-    with caplog.at_level("WARNING"):
-        first.end("COMPLETE", metrics={"value": 0.5})  # by its run id, through a new writer
-        second = tracker.start_trial(1, {}, {})
-        second.end("COMPLETE", metrics={"value": 1.0})
-        tracker.flush()
-    assert "did not record" not in caplog.text
-    client = MlflowClient(tracking_uri)
-    for run, value in ((first, 0.5), (second, 1.0)):
-        finished = client.get_run(run.created())
-        assert finished.info.status == "FINISHED" and finished.data.metrics["value"] == value
-    tracker.close()
-
-
-def test_a_dead_workers_run_without_its_id_on_the_trial_is_found_by_its_tags_and_failed(tracking_uri):
-    # the worker died after its run was created but before the run's id reached the trial
-    from sweeper.recovery import RunFailer
-
-    tracker = StudyTracker(tracking_uri, "orphan")
-    orphan = tracker.start_trial(7, {}, {})
-    other = tracker.start_trial(8, {}, {})
-    tracker.flush()
-    trial = optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL)
-    trial.number = 7
-    RunFailer(tracking_uri, "orphan")(trial, "worker stopped sending heartbeats")
-    client = MlflowClient(tracking_uri)
-    failed = client.get_run(orphan.created())
-    assert failed.info.status == "FAILED" and "heartbeats" in failed.data.tags["sweeper.reason"]
-    assert client.get_run(other.created()).info.status == "RUNNING"  # trial 8 is not touched
-    tracker.close()

@@ -97,6 +97,13 @@ def case(request):
     return build(), family, blocks, kind
 
 
+def test_counting_blocks_builds_nothing_and_draws_no_randomness(case):
+    module, family, blocks, _ = case
+    state = torch.random.get_rng_state()
+    assert family_of(module).num_blocks(module) == blocks
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
 def test_family_and_block_count(case):
     module, family, blocks, _ = case
     assert family_of(module).name == family

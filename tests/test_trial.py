@@ -1,5 +1,7 @@
-"""Trial faults never stop a worker: a NaN loss, CUDA running out of memory in a training step and
-data that cannot be read each fail that one trial, with the reason on the trial and its MLflow run,
+"""A trial: one `fit` run reported to Optuna after every epoch (pruned when hopeless, but not
+before its first block unfreezes) and mirrored by an MLflow run that ends with the trial's state.
+Faults never stop a worker: a NaN loss, CUDA running out of memory in a training step and data
+that cannot be read each fail that one trial, with the reason on the trial and its MLflow run,
 and the worker's loop goes on to the next trial. Real model, real study DB, real MLflow store."""
 
 from __future__ import annotations
@@ -21,6 +23,72 @@ from sweeper.study import run_trials
 from sweeper.tracking import StudyTracker
 from sweeper.trial import make_objective
 from tests.conftest import runtime_for, write_spec
+
+
+def _objective(tracking_uri, spec_path):
+    runtime = runtime_for(spec_path)
+    tracker = StudyTracker(tracking_uri, runtime.spec.study.name)
+    return make_objective(runtime, tracker), tracker
+
+
+def test_a_pruned_trial_is_recorded_pruned_with_its_run_killed(workdir, tracking_uri):
+    objective, tracker = _objective(tracking_uri, write_spec(workdir, search={"head_epochs": 3}))
+    # accuracy never reaches 1.5: a real Optuna pruner stops the trial at its first report
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=1.5))
+    study.enqueue_trial({"unfrozen_blocks": 0})
+    study.optimize(objective, n_trials=1)
+    trial = study.trials[0]
+    assert trial.state == TrialState.PRUNED
+    assert "pruned after epoch 0" in trial.user_attrs["prune_reason"]
+    assert trial.intermediate_values.keys() == {0}
+    tracker.flush()  # runs are written in the background
+    run = MlflowClient(tracking_uri).get_run(trial.user_attrs["mlflow_run_id"])
+    assert run.info.status == "KILLED" and run.data.tags["optuna.state"] == "PRUNED"
+
+
+def test_a_fine_tuning_trial_is_not_pruned_before_its_first_block_unfreezes(workdir, tracking_uri):
+    objective, tracker = _objective(tracking_uri, write_spec(workdir, search={"head_epochs": 2}))
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=1.5))
+    study.enqueue_trial({"unfrozen_blocks": 2, "lr_ratio": 0.05, "stage_epochs": 1, "blocks_per_stage": 1})
+    study.optimize(objective, n_trials=1)
+    trial = study.trials[0]
+    assert trial.state == TrialState.PRUNED
+    # epochs 0 and 1 are the head-only stage; the first chance to prune is stage 1's first epoch
+    assert "pruned after epoch 2" in trial.user_attrs["prune_reason"]
+
+
+def test_a_failing_trial_ends_failed_with_its_reason_and_the_study_goes_on(workdir, tracking_uri):
+    objective, tracker = _objective(tracking_uri, write_spec(workdir))
+    study = optuna.create_study(direction="maximize")
+    # an absurd learning rate makes the loss infinite: the trial fails, the next one runs
+    study.enqueue_trial({"unfrozen_blocks": 0, "head_lr": 1e30})
+    study.enqueue_trial({"unfrozen_blocks": 0, "head_lr": 0.005})
+    with pytest.warns(UserWarning):
+        study.optimize(objective, n_trials=2, catch=(Exception,))
+    failed, ok = study.trials
+    assert failed.state == TrialState.FAIL and ok.state == TrialState.COMPLETE
+    assert "NonFiniteLossError" in failed.user_attrs["fail_reason"]
+    tracker.flush()
+    client = MlflowClient(tracking_uri)
+    run = client.get_run(failed.user_attrs["mlflow_run_id"])
+    assert run.info.status == "FAILED"
+    assert "NonFiniteLossError" in run.data.tags["sweeper.reason"]
+    assert client.get_run(ok.user_attrs["mlflow_run_id"]).info.status == "FINISHED"
+
+
+def test_a_fine_tuning_trial_records_its_stage_starts_and_seconds(workdir, tracking_uri):
+    objective, tracker = _objective(tracking_uri, write_spec(workdir, search={"head_epochs": 2}))
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial({"unfrozen_blocks": 2, "lr_ratio": 0.05, "stage_epochs": 1, "blocks_per_stage": 1})
+    study.enqueue_trial({"unfrozen_blocks": 0})
+    study.optimize(objective, n_trials=2)
+    tuned, frozen = study.trials
+    assert tuned.user_attrs["stage_starts"] == [0, 2, 3]  # head 2 epochs, then a block per epoch
+    assert "stage_starts" not in frozen.user_attrs  # one stage: nothing to record
+    for trial in (tuned, frozen):
+        seconds = trial.user_attrs["seconds"]
+        assert 0 < seconds["device"] and 0 < seconds["bookkeeping"]
+        assert seconds["device"] + seconds["bookkeeping"] <= seconds["wall"]
 
 
 class _OutOfMemoryHead(nn.Module):

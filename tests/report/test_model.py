@@ -1,0 +1,87 @@
+"""report.json keeps its fixed schema: the same keys in the same places as every earlier
+version, with the confirmation's keys absent (not null) until the test split confirmed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sweeper.report import build_report
+from sweeper.spec import load_spec
+from tests.conftest import write_spec
+from tests.report.studies import DATASET, LABELS, PROBE, make_runs, make_study
+
+TOP = {
+    "study", "decision", "confirmed", "feature_extraction", "fine_tuning", "gain", "gain_ci",
+    "gain_ci_seeds", "gain_ci_test_examples", "confidence", "cost_ratio", "gain_per_device_hour",
+    "cost", "matrix", "forgetting", "reason", "metric", "direction", "min_gain", "evidence", "plots",
+}  # fmt: skip
+ARM = {
+    "trial", "params", "mlflow_run_id", "search_value", "value", "device_seconds", "wall_seconds",
+    "trials", "arm_device_seconds", "arm_wall_seconds",
+}  # fmt: skip
+CONFIRMED_ARM = ARM | {
+    "seed_values",
+    "seed_std",
+    "test",
+    "confirm_val_value",
+    "prefix_seconds",
+    "train_seconds",
+}
+MATRIX = {
+    "train_examples", "per_class", "per_class_min", "per_class_mean", "probe_balanced_accuracy",
+    "probe_score", "size", "similarity", "quadrant", "advice", "expected", "agreement", "thresholds",
+}  # fmt: skip
+FORGETTING = {"trial", "per_stage", "cka", "weight_change", "weight_change_mean", "trials"}
+
+
+@pytest.fixture
+def study():
+    return make_study("maximize", [(0, 0.8, 2.0), (2, 0.9, 10.0)])
+
+
+@pytest.fixture
+def spec(tmp_path):
+    return load_spec(write_spec(tmp_path))
+
+
+def _json(report) -> dict:
+    return json.loads(json.dumps(report.to_json()))  # as a script reads report.json
+
+
+def test_a_search_only_report_has_the_schema_without_the_confirmation_keys(study, spec):
+    loaded = _json(build_report(study, spec, DATASET, None, PROBE, LABELS))
+    assert set(loaded) == TOP and loaded["metric"] == "val_accuracy" and loaded["confirmed"] is False
+    assert set(loaded["feature_extraction"]) == set(loaded["fine_tuning"]) == ARM
+    assert set(loaded["cost"]) == {"study", "confirmation"}
+    assert set(loaded["cost"]["study"]) == {"trials", "device_seconds", "wall_seconds", "elapsed_seconds"}
+    assert set(loaded["cost"]["confirmation"]) == {"runs", "device_seconds", "wall_seconds"}
+    assert set(loaded["matrix"]) == MATRIX and set(loaded["forgetting"]) == FORGETTING
+    assert loaded["gain_ci"] is None and loaded["plots"] == []
+
+
+def test_a_confirmed_report_adds_the_confirmation_keys_and_nothing_else(study, spec):
+    runs = {
+        "feature_extraction": make_runs([0.8, 0.81], 2.0, 0),
+        "fine_tuning": make_runs([0.9, 0.91], 9.0, 1),
+    }
+    loaded = _json(build_report(study, spec, DATASET, runs, PROBE, LABELS))
+    assert set(loaded) == TOP and loaded["metric"] == "test_accuracy" and loaded["confirmed"] is True
+    assert set(loaded["feature_extraction"]) == set(loaded["fine_tuning"]) == CONFIRMED_ARM
+    assert set(loaded["forgetting"]) == FORGETTING | {"confirmed"}
+    assert set(loaded["forgetting"]["confirmed"]) == {
+        "cka",
+        "cka_seeds",
+        "weight_change",
+        "weight_change_mean",
+    }
+    assert len(loaded["gain_ci"]) == len(loaded["gain_ci_seeds"]) == len(loaded["gain_ci_test_examples"]) == 2
+
+
+def test_the_typed_report_reads_as_its_json_says(study, spec):
+    report = build_report(study, spec, DATASET, None, PROBE, LABELS)
+    loaded = _json(report)
+    assert loaded["fine_tuning"]["search_value"] == report.fine_tuning.search_value == 0.9
+    assert loaded["matrix"]["quadrant"] == report.matrix.quadrant
+    assert report.arm("fine_tuning") is report.fine_tuning and report.split == "val"

@@ -1,0 +1,42 @@
+"""The records a trial leaves, read back: its strategy from its params, its seconds and stage
+starts from its attributes, studies of earlier versions alike."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import optuna
+from optuna.distributions import IntDistribution
+
+from sweeper.records import seconds_of, stage_starts_of, strategy_of, worker_id
+
+
+def _trial(blocks: int | None, **attrs):
+    params = {} if blocks is None else {"unfrozen_blocks": blocks}
+    distributions = {} if blocks is None else {"unfrozen_blocks": IntDistribution(0, 6)}
+    return optuna.trial.create_trial(params=params, distributions=distributions, value=0.5, user_attrs=attrs)
+
+
+def test_the_strategy_is_read_from_the_unfrozen_blocks():
+    assert strategy_of(_trial(0)) == "feature_extraction"
+    assert strategy_of(_trial(3)) == "fine_tuning"
+    assert strategy_of(_trial(None)) is None  # stopped before it had parameters
+    assert strategy_of(_trial(None, strategy="fine_tuning")) == "fine_tuning"  # an earlier version's
+
+
+def test_seconds_are_one_attribute_and_earlier_studies_read_alike():
+    now = _trial(0, seconds={"wall": 3.0, "device": 2.0, "bookkeeping": 0.5})
+    earlier = _trial(0, wall_seconds=3.0, device_seconds=2.0)
+    assert [seconds_of(now, k) for k in ("wall", "device", "bookkeeping")] == [3.0, 2.0, 0.5]
+    assert [seconds_of(earlier, k) for k in ("wall", "device", "bookkeeping")] == [3.0, 2.0, 0.0]
+
+
+def test_stage_starts_are_recorded_by_fine_tuning_trials_and_one_stage_otherwise():
+    assert stage_starts_of(_trial(2, stage_starts=[0, 3, 4])) == (0, 3, 4)
+    assert stage_starts_of(_trial(0)) == (0,)
+
+
+def test_a_worker_is_named_by_its_host_and_process():
+    assert worker_id() == f"{socket.gethostname()}:{os.getpid()}"
+    assert worker_id(42) == f"{socket.gethostname()}:42"

@@ -1,0 +1,77 @@
+"""The search space: parameter names are the [search] keys, every draw lies in the spec's
+ranges, feature extraction draws only what it uses, the two baselines come first, and the pruner's
+horizon covers the longest plan the space allows."""
+
+from __future__ import annotations
+
+import optuna
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sweeper.search_space import baseline_configs, max_total_epochs, suggest_config
+from sweeper.spec import SearchSection, bounds
+
+
+@st.composite
+def _spaces(draw) -> SearchSection:
+    def int_range(low_floor: int, top: int):
+        low = draw(st.integers(low_floor, top))
+        return (low, draw(st.integers(low, top)))
+
+    return SearchSection(
+        unfrozen_blocks=int_range(0, 6),
+        lr_ratio=(draw(st.floats(0.001, 0.05)), draw(st.floats(0.05, 1.0))),
+        head_lr=(1e-4, 1e-2),
+        head_epochs=int_range(1, 4),
+        stage_epochs=int_range(1, 3),
+        blocks_per_stage=int_range(1, 3),
+    )
+
+
+@settings(max_examples=40, deadline=None)
+@given(space=_spaces(), seed=st.integers(0, 1000))
+def test_every_draw_lies_in_the_spec_s_ranges_and_feature_extraction_draws_three(space, seed):
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    for _ in range(5):
+        trial = study.ask()
+        config = suggest_config(trial, space)
+        assert trial.params == config.params()  # Optuna's names are the config's (the [search] keys)
+        for key, value in config.params().items():
+            low, high = bounds(getattr(space, key))
+            assert low <= value <= high, key
+        if config.unfrozen_blocks == 0:
+            assert set(trial.params) == {"unfrozen_blocks", "head_lr", "head_epochs"}
+        study.tell(trial, 0.5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(space=_spaces())
+def test_no_plan_of_the_space_outlasts_the_pruner_s_horizon(space):
+    longest = max_total_epochs(space)
+    low_blocks, high_blocks = bounds(space.unfrozen_blocks)
+    for blocks in range(low_blocks, high_blocks + 1):
+        for per_stage in range(bounds(space.blocks_per_stage)[0], bounds(space.blocks_per_stage)[1] + 1):
+            stages = -(-blocks // per_stage)
+            epochs = bounds(space.head_epochs)[1] + stages * bounds(space.stage_epochs)[1]
+            assert epochs <= longest
+    assert (
+        longest
+        == bounds(space.head_epochs)[1]
+        + -(-high_blocks // bounds(space.blocks_per_stage)[0]) * bounds(space.stage_epochs)[1]
+    )
+
+
+def test_the_baselines_are_pure_feature_extraction_then_full_fine_tuning_at_the_practice_ratio():
+    space = SearchSection(
+        unfrozen_blocks=(0, 6), lr_ratio=(0.001, 1.0), head_lr=(1e-4, 1e-2), head_epochs=(1, 3)
+    )
+    frozen, tuned = baseline_configs(space)
+    assert (frozen.unfrozen_blocks, frozen.head_epochs, frozen.lr_ratio) == (0, 3, None)
+    assert tuned.unfrozen_blocks == 6 and abs(tuned.lr_ratio - 0.0316) < 1e-3  # between 1/100 and 1/10
+    assert frozen.head_lr == tuned.head_lr == 1e-3  # the middle of the range, on a log scale
+
+
+def test_a_practice_ratio_outside_the_range_is_moved_into_it():
+    (tuned,) = baseline_configs(SearchSection(unfrozen_blocks=(2, 4), lr_ratio=(0.2, 0.5)))
+    assert tuned.lr_ratio == 0.2 and tuned.unfrozen_blocks == 4  # no feature-extraction baseline: 0 is out
