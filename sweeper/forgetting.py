@@ -35,7 +35,6 @@ class ForgettingMeter:
         self.model = model
         self.plan = plan
         self.history: list[dict] = []
-        self._batch = runtime.spec.train.batch_size * 4
         # the last epoch of each stage that trains backbone blocks (stage 0 only trains the head)
         self.stage_ends = frozenset(
             start + stage.epochs - 1
@@ -54,7 +53,7 @@ class ForgettingMeter:
         model's pooled validation features, when the evaluation just computed them."""
         if tuned is None:
             source = self.runtime.source(self.model, "val", self.plan.cut)
-            tuned = pooled_features(self.model, source, self._batch, self.runtime.device)
+            tuned = pooled_features(self.model, source, self.runtime.states.batch_size, self.runtime.device)
         changes = {
             str(index): relative_weight_change(self.model.blocks[index], self._reference[index])
             for index in range(self.plan.cut, self.plan.num_blocks)

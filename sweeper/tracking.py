@@ -36,7 +36,6 @@ from sweeper.redact import redact
 
 log = logging.getLogger(__name__)
 
-ROLE_TAG = Tag.ROLE
 # epoch metrics wait at most this long before they are written: a trial of short epochs makes
 # one write at its end instead of one per epoch, a trial of long epochs still writes every epoch
 LOG_EVERY_SECONDS = 5.0
@@ -98,7 +97,7 @@ class StudyTracker:
         """The study's parent run: found by tag, or created (and ended at once: it only groups)."""
         if self._parent_run_id is None:
             runs = self.client.search_runs(
-                [self.experiment_id], filter_string=f"tags.`{ROLE_TAG}` = 'study'", max_results=1
+                [self.experiment_id], filter_string=f"tags.`{Tag.ROLE}` = 'study'", max_results=1
             )
             if runs:
                 self._parent_run_id = runs[0].info.run_id
@@ -106,7 +105,7 @@ class StudyTracker:
                 run = self.client.create_run(
                     self.experiment_id,
                     run_name=f"study-{self.study_name}",
-                    tags={ROLE_TAG: "study", Tag.STUDY: self.study_name},
+                    tags={Tag.ROLE: "study", Tag.STUDY: self.study_name},
                 )
                 self.client.set_terminated(run.info.run_id, "FINISHED")
                 self._parent_run_id = run.info.run_id
