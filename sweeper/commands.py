@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from sweeper.cache import PrefixCache
+from sweeper.data import RawData, Splits
 from sweeper.errors import UserError
 from sweeper.interrupts import Interrupted, signals_interrupt
 from sweeper.records import Tag
@@ -190,7 +191,8 @@ def _report_one(settings: Settings, console: Console) -> tuple[Report, StudyTrac
     study = _load_study(settings)
     raw, splits = labelled_split(spec)
     tracker = StudyTracker(settings.tracking_uri, spec.study.name)
-    report = report_study(study, spec, raw.labels, raw.classes, splits, _runtimes(settings), console.print)
+    runtimes = _runtimes(settings, (raw, splits))
+    report = report_study(study, spec, raw.labels, raw.classes, splits, runtimes, console.print)
     report = _write(report, settings.out, study, tracker)
     return report, tracker
 
@@ -206,7 +208,7 @@ def _load_study(settings: Settings) -> optuna.Study:
         ) from None
 
 
-def _runtimes(settings: Settings) -> Callable[[], StudyRuntime]:
+def _runtimes(settings: Settings, labelled: tuple[RawData, Splits]) -> Callable[[], StudyRuntime]:
     """Runtimes for the confirmation runs: the model and data load once (when first needed);
     each runtime has an empty frozen-prefix cache in memory, not the disk cache, so that each arm
     computes its own prefix states and its cost is that of a run from scratch, whatever the
@@ -215,7 +217,7 @@ def _runtimes(settings: Settings) -> Callable[[], StudyRuntime]:
 
     def runtime() -> StudyRuntime:
         if not loaded:
-            loaded.append(prepare(settings.spec, settings.device))
+            loaded.append(prepare(settings.spec, settings.device, labelled=labelled))
         return StudyRuntime(loaded[0], PrefixCache(None) if settings.cache_dir is not None else None)
 
     return runtime

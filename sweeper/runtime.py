@@ -34,10 +34,13 @@ class Prepared:
     device: torch.device
 
 
-def prepare(spec: Spec, device: str, say: Say | None = None) -> Prepared:
+def prepare(
+    spec: Spec, device: str, say: Say | None = None, labelled: tuple[RawData, Splits] | None = None
+) -> Prepared:
     """Load the data and the model, check them against the spec and pick the device: everything
-    a run needs before it trains. Raises UserError on bad input; writes nothing."""
-    raw, splits = labelled_split(spec)
+    a run needs before it trains. Raises UserError on bad input; writes nothing. ``labelled``:
+    the spec's `labelled_split`, where the caller has it already."""
+    raw, splits = labelled or labelled_split(spec)
     if say:
         say(f"data: {raw.description}, {len(raw.labels)} examples, {len(raw.classes)} classes")
     pretrained = load_pretrained(spec.model, spec.resolve, spec.data.image_size)
