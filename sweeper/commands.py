@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from sweeper.cache import PrefixCache
+from sweeper.confirm import RuntimeFactory
 from sweeper.data import RawData, Splits
 from sweeper.errors import UserError
 from sweeper.interrupts import Interrupted, signals_interrupt
@@ -41,15 +42,20 @@ from sweeper.workers import WorkersStopped, default_worker_count, run_workers, s
 
 @dataclass(frozen=True)
 class Where:
-    """Where a study's records are, for the user to open."""
+    """Where a command left its records, for the user to open."""
 
+    reports: Path  # the report folder
     storage: str
     tracking_uri: str
     runs_url: str  # the MLflow runs table of the study's experiment
 
     def lines(self) -> list[str]:
         storage, tracking = redact(self.storage), redact(self.tracking_uri)
-        lines = [f"study DB: {storage}   (optuna-dashboard {storage})", f"MLflow:   {tracking}"]
+        lines = [
+            f"report:   {self.reports}/report.md, report.html, report.json",
+            f"study DB: {storage}   (optuna-dashboard {storage})",
+            f"MLflow:   {tracking}",
+        ]
         if tracking.startswith("sqlite:"):
             lines += [
                 f"open it:  mlflow ui --backend-store-uri {tracking} --port 5000",
@@ -65,14 +71,14 @@ class StudyOutcome:
     """A study run to its total, and its search-only report (``report`` confirms it)."""
 
     report: Report
-    out: Path
     where: Where
 
+    @property
+    def out(self) -> Path:
+        return self.where.reports
+
     def lines(self) -> list[str]:
-        return _decision_lines(self.report) + [
-            f"report:   {self.out}/report.md, report.html, report.json",
-            *self.where.lines(),
-        ]
+        return _decision_lines(self.report) + self.where.lines()
 
 
 @dataclass(frozen=True)
@@ -90,16 +96,19 @@ class ReportOutcome:
     """One report per spec; several specs also share one table (``out`` holds it)."""
 
     reports: list[Report]
-    out: Path
     where: Where
     several: bool  # several specs or a folder: one table across them
+
+    @property
+    def out(self) -> Path:
+        return self.where.reports
 
     def lines(self) -> list[str]:
         if self.several:
             head = ["\n" + escape(render_summary_text(self.reports))]
         else:
             head = _decision_lines(self.reports[0])
-        return head + [f"report:   {self.out}/report.md, report.html, report.json", *self.where.lines()]
+        return head + self.where.lines()
 
 
 Outcome = StudyOutcome | WorkerOutcome | ReportOutcome
@@ -125,7 +134,7 @@ def run_study(spec_path: Path | None, options: Options, console: Console | None 
             session.study, settings.spec, data.labels, data.classes, session.prepared.splits
         )
         report = _write(report, settings.out, session.study, session.tracker)
-        return StudyOutcome(report, settings.out, _where(settings, session.tracker))
+        return StudyOutcome(report, _where(settings, settings.out, session.tracker))
 
 
 def run_worker(spec_path: Path | None, options: Options, console: Console | None = None) -> WorkerOutcome:
@@ -172,7 +181,7 @@ def make_report(spec_paths: list[Path], options: Options, console: Console | Non
     if len(named) == 1 and not named[0].is_dir():
         settings = resolve(options, load_spec(paths[0]))
         report, tracker = _report_one(settings, console)
-        return ReportOutcome([report], settings.out, _where(settings, tracker), several=False)
+        return ReportOutcome([report], _where(settings, settings.out, tracker), several=False)
     out = options.out or Path("reports")
     reports, links, where = [], [], None
     for path in paths:
@@ -181,9 +190,9 @@ def make_report(spec_paths: list[Path], options: Options, console: Console | Non
         report, tracker = _report_one(settings, console)
         reports.append(report)
         links.append(f"{spec.study.name}/report.html")
-        where = _where(settings, tracker)
+        where = _where(settings, out, tracker)
     write_summary(reports, out, links)
-    return ReportOutcome(reports, out, where, several=True)
+    return ReportOutcome(reports, where, several=True)
 
 
 def _report_one(settings: Settings, console: Console) -> tuple[Report, StudyTracker]:
@@ -208,7 +217,7 @@ def _load_study(settings: Settings) -> optuna.Study:
         ) from None
 
 
-def _runtimes(settings: Settings, labelled: tuple[RawData, Splits]) -> Callable[[], StudyRuntime]:
+def _runtimes(settings: Settings, labelled: tuple[RawData, Splits]) -> RuntimeFactory:
     """Runtimes for the confirmation runs: the model and data load once (when first needed);
     each runtime has an empty frozen-prefix cache in memory, not the disk cache, so that each arm
     computes its own prefix states and its cost is that of a run from scratch, whatever the
@@ -251,10 +260,10 @@ def _summarize_on_parent_run(
     tracker.summarize_study(metrics, tags)
 
 
-def _where(settings: Settings, tracker: StudyTracker) -> Where:
+def _where(settings: Settings, reports: Path, tracker: StudyTracker) -> Where:
     tracking = settings.tracking_uri
     ui = "http://127.0.0.1:5000" if tracking.startswith("sqlite:") else redact(tracking).rstrip("/")
-    return Where(settings.storage, tracking, tracker.runs_url(ui))
+    return Where(reports, settings.storage, tracking, tracker.runs_url(ui))
 
 
 def exit_code(command: Callable[[], Outcome], console: Console) -> int:

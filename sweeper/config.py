@@ -55,7 +55,3 @@ class TrialConfig:
         """The configuration of a trial, from its Optuna params (other names are ignored)."""
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in params.items() if k in names})
-
-
-def is_feature_extraction(config: TrialConfig) -> bool:
-    return config.unfrozen_blocks == 0

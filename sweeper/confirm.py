@@ -26,7 +26,7 @@ from sweeper.config import TrialConfig
 from sweeper.device import autocast
 from sweeper.fit import Timing, confirmation_seed, fit
 from sweeper.records import STRATEGIES, Strategy, StudyAttr, strategy_of
-from sweeper.runtime import StudyRuntime
+from sweeper.runtime import Say, StudyRuntime
 from sweeper.similarity import linear_probe_score
 from sweeper.spec import Spec
 from sweeper.states import StateSource
@@ -37,8 +37,7 @@ from sweeper.train import TrainSettings, evaluate
 CACHE_VERSION = 2
 PROBE_VERSION = 1
 
-RuntimeFactory = Callable[[], StudyRuntime]
-Say = Callable[[str], None]
+RuntimeFactory = Callable[[], StudyRuntime]  # a fresh runtime (empty frozen-prefix cache) per call
 
 
 def best_trials(study: optuna.Study) -> dict[Strategy, FrozenTrial | None]:

@@ -61,9 +61,6 @@ class Tag:
     STATE = "optuna.state"
 
 
-SECONDS_KINDS = ("wall", "device", "bookkeeping")
-
-
 def strategy_for(unfrozen_blocks: int) -> Strategy:
     """Feature extraction when no block is unfrozen, else fine-tuning."""
     return FINE_TUNING if unfrozen_blocks else FEATURE_EXTRACTION

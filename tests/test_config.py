@@ -3,14 +3,14 @@ trial's params, and its plan is the stage plan of those values."""
 
 from __future__ import annotations
 
-from sweeper.config import TrialConfig, is_feature_extraction
+from sweeper.config import TrialConfig
 from sweeper.stages import plan_stages
 
 
 def test_feature_extraction_has_three_params_and_one_stage():
     config = TrialConfig(0, 0.003, 2)
     assert config.params() == {"unfrozen_blocks": 0, "head_lr": 0.003, "head_epochs": 2}
-    assert is_feature_extraction(config) and config.strategy == "feature_extraction"
+    assert config.strategy == "feature_extraction"
     assert config.plan(6).stage_starts == (0,)
 
 

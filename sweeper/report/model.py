@@ -189,9 +189,6 @@ class Report:
     def metric(self) -> str:
         return f"{self.split}_{self.metric_name}"
 
-    def arm(self, strategy: Strategy) -> Arm | None:
-        return self.feature_extraction if strategy == "feature_extraction" else self.fine_tuning
-
     def to_json(self) -> dict[str, Any]:
         """report.json: the same keys, in the same places, as every earlier version."""
         return {
