@@ -169,8 +169,11 @@ class Splits:
     test: np.ndarray
 
 
-def split_indices(labels: list[int], val_fraction: float, test_fraction: float, seed: int) -> Splits:
-    """Stratified, deterministic in the seed; every class lands in each split."""
+def split_indices(
+    labels: list[int], val_fraction: float, test_fraction: float, seed: int, classes: list[str] | None = None
+) -> Splits:
+    """Stratified, deterministic in the seed; every class lands in each split. Raises UserError
+    where a class has too few examples for that (``classes`` names them in the message)."""
     rng = np.random.default_rng(seed)
     labels_array = np.asarray(labels)
     parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
@@ -178,6 +181,13 @@ def split_indices(labels: list[int], val_fraction: float, test_fraction: float, 
         members = rng.permutation(np.flatnonzero(labels_array == label))
         n_val = max(1, round(len(members) * val_fraction))
         n_test = max(1, round(len(members) * test_fraction))
+        if n_val + n_test >= len(members):
+            name = classes[label] if classes else str(label)
+            raise UserError(
+                f"[data] class {name!r} has {len(members)} examples: val_fraction {val_fraction:g} and "
+                f"test_fraction {test_fraction:g} take {n_val} and {n_test}, leaving none to train on; "
+                "give every class more examples or lower the fractions"
+            )
         parts["test"].append(members[:n_test])
         parts["val"].append(members[n_test : n_test + n_val])
         parts["train"].append(members[n_test + n_val :])

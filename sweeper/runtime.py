@@ -51,7 +51,8 @@ def prepare(
 def labelled_split(spec: Spec) -> tuple[RawData, Splits]:
     """The spec's examples and labels, and their split (no model needed)."""
     raw = load_raw(spec)
-    return raw, split_indices(raw.labels, spec.data.val_fraction, spec.data.test_fraction, spec.study.seed)
+    data = spec.data
+    return raw, split_indices(raw.labels, data.val_fraction, data.test_fraction, spec.study.seed, raw.classes)
 
 
 def check_search_against_model(spec: Spec, num_blocks: int) -> None:

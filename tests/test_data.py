@@ -35,6 +35,11 @@ def _labels(draw):
 @settings(max_examples=80, deadline=None)
 @given(labels=_labels(), val=st.floats(0.05, 0.4), test=st.floats(0.05, 0.4), seed=st.integers(0, 2**31))
 def test_the_split_is_disjoint_complete_stratified_and_a_function_of_the_seed(labels, val, test, seed):
+    counts = np.bincount(labels)
+    if any(max(1, round(n * val)) + max(1, round(n * test)) >= n for n in counts):
+        with pytest.raises(UserError, match="leaving none to train on"):  # a class too small for three splits
+            split_indices(labels, val, test, seed)
+        return
     splits = split_indices(labels, val, test, seed)
     parts = [splits.train, splits.val, splits.test]
     joined = np.concatenate(parts)
@@ -48,6 +53,13 @@ def test_the_split_is_disjoint_complete_stratified_and_a_function_of_the_seed(la
         assert (array[splits.train] == label).any()
     again = split_indices(labels, val, test, seed)
     assert all((a == b).all() for a, b in zip(parts, [again.train, again.val, again.test], strict=True))
+
+
+def test_a_class_too_small_for_three_splits_is_refused_by_name():
+    labels = [0] * 20 + [1] * 2
+    with pytest.raises(UserError) as caught:
+        split_indices(labels, 0.2, 0.2, 0, classes=["plenty", "rare"])
+    assert "class 'rare' has 2 examples" in str(caught.value)
 
 
 def test_another_seed_gives_another_split():
