@@ -29,7 +29,7 @@ from sweeper.records import Tag
 from sweeper.redact import redact
 from sweeper.report import Report, report_study, spec_files, write_report, write_summary
 from sweeper.report.build import elapsed_seconds
-from sweeper.report.render import render_summary_text
+from sweeper.report.summary import render_summary_text
 from sweeper.runtime import StudyRuntime, labelled_split, prepare
 from sweeper.session import Session, open_session, quiet_libraries, run_here
 from sweeper.settings import Options, Settings, default_spec_path, resolve

@@ -33,8 +33,9 @@ from sweeper.states import StateSource
 from sweeper.train import TrainSettings, evaluate
 
 # version 2: runs train through `fit` (the batch order follows the spec's seed, [train] compile
-# applies), so runs cached by version 1 are not mixed with new ones
-CACHE_VERSION = 2
+# applies); version 3: a run ends at its best epoch ([train] rollback) and each stage has its
+# learning-rate schedule. Runs cached by earlier versions are not mixed with new ones
+CACHE_VERSION = 3
 PROBE_VERSION = 1
 
 RuntimeFactory = Callable[[], StudyRuntime]  # a fresh runtime (empty frozen-prefix cache) per call
@@ -57,35 +58,54 @@ def confirm(
     runtime: RuntimeFactory | None,
     say: Say = lambda _: None,
     train: bool = True,
+    more: Callable[[dict[str, list[dict]]], bool] = lambda _: False,
 ) -> dict[str, list[dict]]:
-    """Each arm's confirmation runs, one per seed (``[budget] confirm_seeds``): from the study's
-    cache, or trained now. With ``train`` false, an arm appears only when all its runs are cached.
+    """Each arm's confirmation runs, one per paired seed: from the study's cache, or trained now.
+
+    ``[budget] confirm_seeds`` seeds first; then, while ``more(runs)`` says the evidence is not
+    yet enough and fewer than ``[budget] max_confirm_seeds`` have run, one more seed of each arm
+    (seed i of both arms shares its head initialisation and batch order). With ``train`` false
+    only cached runs are used, and an arm appears only when its first seeds are all cached.
 
     ``runtime()`` gives a fresh runtime with an empty frozen-prefix cache; it is called once per
     arm that has runs to train, so each arm pays for its own prefix states, as a user training that
     configuration from scratch would.
     """
-    runs: dict[str, list[dict]] = {}
-    seeds = spec.budget.confirm_seeds
-    for strategy, trial in best_trials(study).items():
-        if trial is None:
-            continue
-        config, fresh = TrialConfig.from_params(trial.params), None
-        runs[strategy] = []
-        for seed in range(seeds):
-            key = StudyAttr.CONFIRMATION_PREFIX + _cache_key(spec, config, seed)
-            cached = study.user_attrs.get(key)
-            if cached is None and not train:
-                del runs[strategy]
-                break
-            if cached is None:
-                fresh = fresh or runtime()
-                say(f"confirming {strategy.replace('_', ' ')} (trial {trial.number}) seed {seed + 1}/{seeds}")
-                cached = run_once(fresh, config, confirmation_seed(seed))
-                study.set_user_attr(key, cached)
-                say(f"  test {_scores(cached)}; {cached['device_seconds']:.1f} device-seconds")
-            runs[strategy].append(cached)
-    return runs
+    arms = {s: _ArmRuns(study, spec, t, runtime, say) for s, t in best_trials(study).items() if t is not None}
+    runs: dict[str, list[dict]] = {strategy: [] for strategy in arms}
+    wanted, budget = spec.budget.confirm_seeds, spec.budget.max_confirm_seeds
+    for seed in range(budget):
+        if seed >= wanted and not (len(arms) == len(STRATEGIES) and more(runs)):
+            break
+        got = {strategy: arm.run(seed, budget, train) for strategy, arm in arms.items()}
+        if any(run is None for run in got.values()):  # not cached, and not to be trained here
+            break
+        for strategy, run in got.items():
+            runs[strategy].append(run)
+    return {strategy: arm_runs for strategy, arm_runs in runs.items() if len(arm_runs) >= wanted}
+
+
+class _ArmRuns:
+    """One arm's confirmation runs: cached in the study, else trained in the arm's own runtime."""
+
+    def __init__(self, study, spec: Spec, trial: FrozenTrial, runtime: RuntimeFactory | None, say: Say):
+        self.study, self.spec, self.trial, self.say = study, spec, trial, say
+        self.config = TrialConfig.from_params(trial.params)
+        self.factory = runtime
+        self.runtime: StudyRuntime | None = None
+
+    def run(self, seed: int, budget: int, train: bool) -> dict | None:
+        key = StudyAttr.CONFIRMATION_PREFIX + _cache_key(self.spec, self.config, seed)
+        cached = self.study.user_attrs.get(key)
+        if cached is not None or not train:
+            return cached
+        self.runtime = self.runtime or self.factory()
+        strategy = self.config.strategy.replace("_", " ")
+        self.say(f"confirming {strategy} (trial {self.trial.number}) seed {seed + 1} (of at most {budget})")
+        cached = run_once(self.runtime, self.config, confirmation_seed(seed))
+        self.study.set_user_attr(key, cached)
+        self.say(f"  test {_scores(cached)}; {cached['device_seconds']:.1f} device-seconds")
+        return cached
 
 
 def _cache_key(spec, config: TrialConfig, seed: int) -> str:
@@ -116,7 +136,9 @@ def run_once(runtime: StudyRuntime, config: TrialConfig, seed: int) -> dict:
         "params": config.params(),
         "seed": seed,
         "test": evaluate(fitted.model, test, settings),
-        "val": fitted.epochs[-1].val,
+        "val": fitted.final.val,
+        "best_epoch": fitted.final.epoch,
+        "stages": fitted.stages,
         "prefix_seconds": timing.prefix,
         "train_seconds": timing.train,
         "device_seconds": timing.device,

@@ -66,14 +66,17 @@ class FitEpoch:
     plan: StagePlan
     forgetting: dict[str, float] | None  # at the end of a fine-tuning stage: the figures, as metrics
     forgetting_history: tuple[dict, ...]  # every stage measured so far
+    value: float  # the run's value if it stopped now: its best epoch so far (with rollback), else this one
 
 
 @dataclass(frozen=True)
 class FitResult:
-    model: BlockModel
+    model: BlockModel  # with the weights of ``final``
     plan: StagePlan
     epochs: list[EpochResult]
     forgetting: list[dict]  # one entry per fine-tuning stage: {"stage", "cka", "weight_change"}
+    final: EpochResult  # the epoch the model ends at: the best (with [train] rollback), else the last
+    stages: list[dict]  # with rollback: per stage, kept or rolled back (`rollback.StageOutcome`)
 
 
 def fit(
@@ -103,11 +106,11 @@ def fit(
     method = method_for(config)
     groups = method.param_groups(model, plan, config.lr_ratio)
     optimizer = make_optimizer(groups, config.head_lr, spec.train.weight_decay)
-    settings = TrainSettings(spec.train.batch_size, runtime.device, seed=spec.study.seed + seed)
-    after_epoch = _AfterEpoch(plan, meter, on_epoch, timing)
+    settings = train_settings(runtime, seed=spec.study.seed + seed)
+    after_epoch = _AfterEpoch(plan, meter, on_epoch, timing, settings)
     started = time.perf_counter()
     try:
-        epochs = train_staged(
+        staged = train_staged(
             model,
             plan,
             optimizer,
@@ -120,7 +123,25 @@ def fit(
         )
     finally:
         timing.train += time.perf_counter() - started - after_epoch.seconds
-    return FitResult(model, plan, epochs, meter.history if meter is not None else [])
+    stages = [outcome.as_record() for outcome in staged.stages]
+    return FitResult(
+        model, plan, staged.epochs, meter.history if meter is not None else [], staged.final, stages
+    )
+
+
+def train_settings(runtime: StudyRuntime, seed: int = 0) -> TrainSettings:
+    """The spec's ``[train]`` settings and metric, as the training loop takes them."""
+    spec = runtime.spec
+    return TrainSettings(
+        spec.train.batch_size,
+        runtime.device,
+        seed=seed,
+        metric=spec.study.metric,
+        maximize=spec.study.direction == "maximize",
+        rollback=spec.train.rollback,
+        schedule=spec.train.schedule,
+        warmup=spec.train.warmup,
+    )
 
 
 def _build(runtime: StudyRuntime, plan: StagePlan) -> BlockModel:
@@ -143,12 +164,29 @@ class _AfterEpoch:
     """What `fit` does after each epoch: the forgetting figures at a stage end (the run's work),
     then the caller's step (its bookkeeping, timed apart)."""
 
-    def __init__(self, plan: StagePlan, meter: ForgettingMeter | None, on_epoch, timing: Timing) -> None:
+    def __init__(
+        self,
+        plan: StagePlan,
+        meter: ForgettingMeter | None,
+        on_epoch,
+        timing: Timing,
+        settings: TrainSettings,
+    ) -> None:
         self.plan = plan
         self.meter = meter
         self.on_epoch = on_epoch
         self.timing = timing
+        self.settings = settings
+        self.best: float | None = None
         self.seconds = 0.0  # spent in the caller's step
+
+    def _value(self, result: EpochResult) -> float:
+        value = result.val[self.settings.metric]
+        if not self.settings.rollback:
+            return value
+        if self.best is None or (value > self.best if self.settings.maximize else value < self.best):
+            self.best = value
+        return self.best
 
     def __call__(self, result: EpochResult) -> None:
         figures = None
@@ -157,7 +195,7 @@ class _AfterEpoch:
         history = tuple(self.meter.history) if self.meter is not None else ()
         started = time.perf_counter()
         try:
-            self.on_epoch(FitEpoch(result, self.plan, figures, history))
+            self.on_epoch(FitEpoch(result, self.plan, figures, history, self._value(result)))
         finally:
             spent = time.perf_counter() - started
             self.seconds += spent

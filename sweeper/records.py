@@ -36,6 +36,9 @@ class TrialAttr:
     FORGETTING = "forgetting"  # per fine-tuning stage: {"stage", "cka", "weight_change"}
     STAGE_STARTS = "stage_starts"  # the epoch each stage begins at (fine-tuning trials)
     BASELINE = "sweeper.baseline"  # the strategy of an enqueued baseline trial
+    ARM = "sweeper.arm"  # the strategy the trial was claimed for, where each arm has its budget
+    STAGES = "stages"  # with rollback: per stage, {"stage", "outcome": kept | rolled_back, ...}
+    BEST_EPOCH = "best_epoch"  # the epoch whose weights and value the trial ends with
 
 
 class StudyAttr:
@@ -44,6 +47,7 @@ class StudyAttr:
     FINGERPRINT = "sweeper.fingerprint"  # what its trials measure; a changed spec is refused
     PROBE = "sweeper.probe"  # the frozen-feature linear probe of the decision matrix
     CONFIRMATION_PREFIX = "sweeper.confirm."  # + a key: one cached confirmation run
+    FT_BASELINE_QUEUED = "sweeper.fine_tuning_baseline_queued"  # once the feature-extraction arm is done
 
 
 class Tag:
@@ -53,6 +57,7 @@ class Tag:
     STRATEGY = "sweeper.strategy"
     REASON = "sweeper.reason"  # why a trial failed or was pruned
     STAGE_STARTS = "sweeper.stage_starts"
+    STAGES = "sweeper.stages"  # with rollback: "1:kept,2:rolled_back" (stage:outcome)
     UNFROZEN_BLOCKS = "unfrozen_blocks"
     DECISION = "sweeper.decision"  # on the parent run: the report's decision
     CONFIRMED = "sweeper.confirmed"  # on the parent run: whether the test split confirmed it

@@ -20,7 +20,7 @@ from sweeper.recovery import RunFailer, StaleTrialCallback, fail_my_last_trial
 from sweeper.runtime import Prepared, StudyRuntime, prepare
 from sweeper.settings import Settings
 from sweeper.storage import Heartbeat, StudyLock, make_storage
-from sweeper.study import finished_trials, open_study, run_trials
+from sweeper.study import ArmQueue, finished_trials, open_study, run_trials
 from sweeper.tracking import StudyTracker
 from sweeper.trial import make_objective
 
@@ -101,6 +101,7 @@ def run_here(session: Session, console: Console) -> None:
             settings.timeout,
             poll,
             stop_if_asked,
+            ArmQueue(settings.spec, settings.arms),
         )
     except KeyboardInterrupt as exc:
         fail_my_last_trial(study, session.tracker, f"{type(exc).__name__}: {exc}")

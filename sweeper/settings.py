@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from sweeper.search_space import ArmBudget
 from sweeper.spec import Spec
 
 DEFAULT_STORAGE = "sqlite:///sweeper.db"
@@ -45,11 +46,16 @@ class Settings:
     storage: str
     tracking_uri: str
     device: str  # auto | cpu | cuda | cuda:N
-    trials: int  # the study's total of finished trials
+    arms: ArmBudget  # the trials of each arm (``--trials`` sets the fine-tuning arm's)
     timeout: float | None
     workers: int | None  # None: the command's own default
     cache_dir: Path | None  # the frozen-prefix cache's folder; None: no cache (--no-cache)
     out: Path  # the report folder
+
+    @property
+    def trials(self) -> int:
+        """The study's total of finished trials."""
+        return self.arms.total
 
 
 def resolve(options: Options, spec: Spec) -> Settings:
@@ -65,7 +71,7 @@ def resolve(options: Options, spec: Spec) -> Settings:
         storage=absolute_sqlite(storage),
         tracking_uri=absolute_sqlite(tracking),
         device=options.device or spec.train.device,
-        trials=options.trials or spec.budget.trials,
+        arms=ArmBudget.of(spec, options.trials),
         timeout=options.timeout,
         workers=options.workers,
         cache_dir=cache_dir,

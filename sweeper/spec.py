@@ -73,7 +73,8 @@ class DataSection(_Section):
 
 class SearchSection(_Section):
     unfrozen_blocks: IntRange = (0, 6)
-    lr_ratio: PositiveFloatRange = (0.001, 1.0)
+    # the practice: the backbone learns 10x to 100x slower than the head (wider ranges are allowed)
+    lr_ratio: PositiveFloatRange = (0.01, 0.1)
     head_lr: PositiveFloatRange = (1e-4, 1e-2)
     head_epochs: PositiveIntRange = (1, 3)
     stage_epochs: PositiveIntRange = (1, 2)
@@ -95,9 +96,22 @@ class SearchSection(_Section):
 
 
 class BudgetSection(_Section):
+    # the fine-tuning trials (with fe_trials > 0); all trials where the arms share one budget
     trials: Annotated[int, Field(ge=1)] = 20
+    # feature-extraction trials, run first, on their own budget (0: the arms share `trials`)
+    fe_trials: Annotated[int, Field(ge=0)] = 24
     pruner: Literal["none", "median", "hyperband"] = "hyperband"
-    confirm_seeds: Annotated[int, Field(ge=1, le=20)] = 3
+    confirm_seeds: Annotated[int, Field(ge=1, le=20)] = 3  # paired seeds per arm to start with
+    max_confirm_seeds: Annotated[int, Field(ge=1, le=50)] = 8  # more while the interval straddles
+
+    @model_validator(mode="after")
+    def _seed_budget_holds_the_start(self) -> BudgetSection:
+        if self.max_confirm_seeds < self.confirm_seeds:
+            raise ValueError(
+                f"max_confirm_seeds is {self.max_confirm_seeds}, but must be at least "
+                f"confirm_seeds ({self.confirm_seeds})"
+            )
+        return self
 
 
 class DecisionSection(_Section):
@@ -111,6 +125,12 @@ class TrainSection(_Section):
     weight_decay: Annotated[float, Field(ge=0)] = 0.01
     device: str = "auto"
     compile: bool = False  # torch.compile each block (GPU; pays a compile per trial)
+    # keep each run's best validation epoch; a stage that ends below the best so far is undone
+    rollback: bool = True
+    # the learning rate within each stage: a warmup over the first `warmup` of its steps, then
+    # a decay to zero at the stage's end ("linear", "cosine"), or none ("constant")
+    schedule: Literal["constant", "linear", "cosine"] = "linear"
+    warmup: Annotated[float, Field(ge=0, lt=1)] = 0.1
 
 
 class Spec(_Section):
@@ -137,6 +157,8 @@ class Spec(_Section):
             "data": self.data.model_dump(mode="json"),
             "metric": self.study.metric,
             "seed": self.study.seed,
+            # how each trial trains (where it runs aside): another setting, other values
+            "train": self.train.model_dump(mode="json", exclude={"device"}),
         }
 
 

@@ -15,9 +15,17 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeper.errors import UserError
-from sweeper.records import StudyAttr, TrialAttr, worker_id
+from sweeper.records import (
+    FEATURE_EXTRACTION,
+    FINE_TUNING,
+    Strategy,
+    StudyAttr,
+    TrialAttr,
+    strategy_for,
+    worker_id,
+)
 from sweeper.recovery import reap_stale_trials
-from sweeper.search_space import baseline_configs, max_total_epochs
+from sweeper.search_space import ArmBudget, baseline_configs, max_total_epochs
 from sweeper.spec import Spec
 from sweeper.storage import StudyLock
 
@@ -42,12 +50,13 @@ def open_study(spec: Spec, storage: optuna.storages.BaseStorage, lock: StudyLock
     """Create or continue the spec's study; refuse one whose search space has changed.
 
     Under the study lock, so that workers starting together create one study and queue the
-    baselines once. ``sampler_salt`` keeps parallel workers from drawing the same random start-up
+    baselines once (where each arm has its budget, only feature extraction's: fine-tuning's is
+    queued when its arm starts, `ArmQueue`). ``sampler_salt`` keeps parallel workers from drawing the same random start-up
     parameters (0 for a single process: a continued study stays reproducible).
     """
     with lock:
         existing = _existing_trial_count(storage, spec.study.name)
-        sampler = optuna.samplers.TPESampler(
+        sampler = ArmSampler(
             # a continued study must not replay the random start-up of the first run
             seed=(spec.study.seed + existing + sampler_salt) % 2**32,
             n_startup_trials=max(3, min(10, spec.budget.trials // 4)),
@@ -63,13 +72,88 @@ def open_study(spec: Spec, storage: optuna.storages.BaseStorage, lock: StudyLock
         )
         _check_fingerprint(study, spec)
         if not study.trials:
+            separate = ArmBudget.of(spec).separate
             for config in baseline_configs(spec.search):
-                study.enqueue_trial(
-                    config.params(),
-                    user_attrs={TrialAttr.BASELINE: config.strategy},
-                    skip_if_exists=True,
-                )
+                if not (separate and config.strategy == FINE_TUNING):
+                    _enqueue_baseline(study, config)
     return study
+
+
+class ArmSampler(optuna.samplers.TPESampler):
+    """TPE that models each arm on its own trials, where each arm has its budget.
+
+    A trial claimed for an arm (``TrialAttr.ARM``) is sampled from that arm's trials only: the
+    fine-tuning trials are not drawn towards few unfrozen blocks by the many feature-extraction
+    trials before them (seen as ``unfrozen_blocks = 0``), and each arm has its own random start-up.
+    Optuna's Hyperband pruner filters the study it hands on in the same way (``_BracketStudy``).
+    Independent TPE (Optuna 4's default; 5 defaults to multivariate): each parameter is drawn at
+    its ``suggest_*``, after the trial was claimed for its arm, from that arm's trials.
+    """
+
+    def __init__(self, **options) -> None:
+        super().__init__(multivariate=False, **options)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        arm = trial.user_attrs.get(TrialAttr.ARM)
+        view = _ArmStudy(study, arm) if arm is not None else study
+        return super().sample_independent(view, trial, param_name, param_distribution)
+
+
+class _ArmStudy(optuna.study.Study):
+    """The study as one arm's trials."""
+
+    def __init__(self, study: optuna.Study, arm: Strategy) -> None:
+        super().__init__(study.study_name, study._storage, study.sampler, study.pruner)
+        self._arm = arm
+
+    def _get_trials(self, deepcopy=True, states=None, use_cache=False) -> list[FrozenTrial]:
+        trials = super()._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
+        return [t for t in trials if arm_of(t) == self._arm]
+
+    def get_trials(self, deepcopy=True, states=None) -> list[FrozenTrial]:
+        return self._get_trials(deepcopy=deepcopy, states=states)
+
+
+def _enqueue_baseline(study: optuna.Study, config) -> None:
+    study.enqueue_trial(
+        config.params(), user_attrs={TrialAttr.BASELINE: config.strategy}, skip_if_exists=True
+    )
+
+
+class ArmQueue:
+    """Which arm the next trial is for, where each arm has its own budget (`ArmBudget`): feature
+    extraction until its trials are claimed, then fine-tuning, whose baseline is queued then.
+    Asked under the study lock, so that workers claiming together agree."""
+
+    def __init__(self, spec: Spec, arms: ArmBudget) -> None:
+        self.search = spec.search
+        self.arms = arms
+
+    def next_arm(self, study: optuna.Study) -> Strategy | None:
+        if not self.arms.separate:
+            return None
+        waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        fixed = waiting[0].system_attrs.get("fixed_params", {}) if waiting else {}
+        if "unfrozen_blocks" in fixed:  # the next trial is a queued one (a baseline, a retry)
+            return strategy_for(fixed["unfrozen_blocks"])
+        claimed = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+        if sum(arm_of(t) == FEATURE_EXTRACTION for t in claimed) < self.arms.fe_trials:
+            return FEATURE_EXTRACTION
+        if not study.user_attrs.get(StudyAttr.FT_BASELINE_QUEUED):
+            for config in baseline_configs(self.search):
+                if config.strategy == FINE_TUNING:
+                    _enqueue_baseline(study, config)
+            study.set_user_attr(StudyAttr.FT_BASELINE_QUEUED, True)
+        return FINE_TUNING
+
+
+def arm_of(trial: FrozenTrial) -> Strategy | None:
+    """The arm a trial was claimed for, else the strategy of its parameters."""
+    if TrialAttr.ARM in trial.user_attrs:
+        return trial.user_attrs[TrialAttr.ARM]
+    if "unfrozen_blocks" in trial.params:
+        return strategy_for(trial.params["unfrozen_blocks"])
+    return None
 
 
 def _existing_trial_count(storage, name: str) -> int:
@@ -120,6 +204,7 @@ def run_trials(
     timeout: float | None = None,
     poll_seconds: float = 5.0,
     before_each: Callable[[], None] = lambda: None,
+    arms: ArmQueue | None = None,
 ) -> int:
     """Run trials here until the study holds exactly ``total_trials`` finished ones; returns how
     many ran here.
@@ -129,6 +214,7 @@ def run_trials(
     claimed under the study lock. When the missing trials are all running elsewhere it waits: one of
     them may fail, or its worker die (its heartbeats stop), and need a replacement; it looks again
     every ``poll_seconds``. ``before_each`` runs before each look (it may raise to stop).
+    ``arms`` says which arm each claimed trial is for (its ``TrialAttr.ARM``).
     """
     failures = _RepeatedFailures(FAILURES_IN_A_ROW_LIMIT)
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -146,7 +232,7 @@ def run_trials(
                 if finished >= total_trials:
                     break
                 if finished + running < total_trials:
-                    _run_one_trial(study, objective, lock, failures)
+                    _run_one_trial(study, objective, lock, failures, arms)
                     ran += 1
                     continue
             time.sleep(poll_seconds)
@@ -161,11 +247,16 @@ def _finished_and_running(study: optuna.Study) -> tuple[int, int]:
     return len(trials) - running, running
 
 
-def _run_one_trial(study: optuna.Study, objective, lock: StudyLock, failures: _RepeatedFailures) -> None:
+def _run_one_trial(
+    study: optuna.Study, objective, lock: StudyLock, failures: _RepeatedFailures, arms: ArmQueue | None
+) -> None:
     claimed: list[int] = []
+    arm = arms.next_arm(study) if arms is not None else None
 
     def objective_once_claimed(trial: optuna.Trial) -> float:
-        # the trial is RUNNING in the storage now: every other worker counts it
+        # the trial is RUNNING in the storage now: every other worker counts it (and its arm)
+        if arm is not None:
+            trial.set_user_attr(TrialAttr.ARM, arm)
         lock.release()
         claimed.append(trial.number)
         trial.set_user_attr(TrialAttr.WORKER, worker_id())

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from sweeper.backbones.base import BlockModel
 from sweeper.device import autocast
 from sweeper.methods import Method
-from sweeper.param_groups import set_learning_rate
+from sweeper.rollback import BestWeights, StageOutcome
+from sweeper.schedule import StageSchedule
 from sweeper.stages import StagePlan
 from sweeper.states import StateSource
 
@@ -42,6 +43,21 @@ class TrainSettings:
     batch_size: int = 32
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     seed: int = 0
+    metric: str = "accuracy"  # the validation metric that picks the best epoch
+    maximize: bool = True
+    rollback: bool = True  # [train] rollback: the run ends at its best epoch (rollback.py)
+    schedule: str = "linear"  # [train] schedule and warmup, within each stage (schedule.py)
+    warmup: float = 0.1
+
+
+@dataclass
+class StagedRun:
+    """What `train_staged` did: every epoch, the epoch whose weights the model ends with (its best
+    with rollback, else its last) and, with rollback, what became of each stage."""
+
+    epochs: list[EpochResult]
+    final: EpochResult
+    stages: list[StageOutcome]
 
 
 SourcesAt = Callable[[int], tuple[StateSource, StateSource]]
@@ -58,47 +74,63 @@ def train_staged(
     features_at: frozenset[int] = frozenset(),
     *,
     method: Method,
-) -> list[EpochResult]:
+) -> StagedRun:
     """Run every stage of the plan; after each epoch evaluate and call ``on_epoch``.
 
     After the epochs in ``features_at`` the result also holds the pooled validation features that
-    the evaluation computed (so that measuring them costs no second pass).
+    the evaluation computed (so that measuring them costs no second pass). With
+    ``settings.rollback`` a stage that ends below the best epoch so far is undone before the next.
 
     ``sources_at(block)`` gives the (train, val) states entering ``block``. In each stage every
     block below the lowest trainable one is still pretrained and frozen, so its output is a fixed
     function of the input: the stage starts from the states entering its lowest trainable block.
     """
-    generator = torch.Generator().manual_seed(settings.seed)
-    results, epoch = [], 0
+    epochs = _Epochs(model, plan, optimizer, settings, method, features_at)
+    best = BestWeights(model, plan, settings.metric, settings.maximize) if settings.rollback else None
+    results: list[EpochResult] = []
+    outcomes: list[StageOutcome] = []
     for stage in plan.stages:
-        start = plan.entry(stage)
-        train_data, val_data = sources_at(start)
+        train_data, val_data = sources_at(plan.entry(stage))
         # unfreeze: flags and modes come from the plan, never from the previous stage
         method.apply_stage(model, plan, stage)
-        set_learning_rate(optimizer, head_lr)
+        steps = stage.epochs * math.ceil(len(train_data) / settings.batch_size)
+        schedule = StageSchedule(optimizer, head_lr, steps, settings.schedule, settings.warmup)
         for _ in range(stage.epochs):
-            started = time.perf_counter()
-            train_metrics = _train_one_epoch(model, optimizer, train_data, settings, generator)
-            features: list[torch.Tensor] | None = [] if epoch in features_at else None
-            val_metrics = evaluate(model, val_data, settings, features)
-            # evaluate() put every part in eval mode; restore the stage's modes
-            method.apply_stage(model, plan, stage)
-            seconds = time.perf_counter() - started
-            result = EpochResult(
-                epoch,
-                stage.index,
-                train_metrics,
-                val_metrics,
-                seconds,
-                torch.cat(features).float().cpu() if features else None,
-            )
+            result = epochs.run(stage, len(results), train_data, val_data, schedule)
             results.append(result)
+            if best is not None:
+                best.offer(result.epoch, result.val)
             on_epoch(result)
-            epoch += 1
-    return results
+        if best is not None:
+            outcomes.append(best.end_stage(stage.index, results[-1].val))
+    final = results[best.best_epoch] if best is not None else results[-1]
+    return StagedRun(results, final, outcomes)
 
 
-def _train_one_epoch(model, optimizer, data: StateSource, settings, generator):
+class _Epochs:
+    """One epoch of a stage: train, evaluate (with the pooled features where asked), time it."""
+
+    def __init__(self, model, plan, optimizer, settings: TrainSettings, method: Method, features_at):
+        self.model, self.plan, self.optimizer, self.settings = model, plan, optimizer, settings
+        self.method, self.features_at = method, features_at
+        self.generator = torch.Generator().manual_seed(settings.seed)
+
+    def run(self, stage, epoch: int, train_data, val_data, schedule: StageSchedule) -> EpochResult:
+        started = time.perf_counter()
+        train_metrics = _train_one_epoch(
+            self.model, self.optimizer, train_data, self.settings, self.generator, schedule
+        )
+        features: list[torch.Tensor] | None = [] if epoch in self.features_at else None
+        val_metrics = evaluate(self.model, val_data, self.settings, features)
+        # evaluate() put every part in eval mode; restore the stage's modes
+        self.method.apply_stage(self.model, self.plan, stage)
+        pooled = torch.cat(features).float().cpu() if features else None
+        return EpochResult(
+            epoch, stage.index, train_metrics, val_metrics, time.perf_counter() - started, pooled
+        )
+
+
+def _train_one_epoch(model, optimizer, data: StateSource, settings, generator, schedule: StageSchedule):
     # nothing here waits for the GPU: losses and logits are summed up once, after the epoch
     losses, sizes, logits_seen, labels_seen = [], [], [], []
     for state, labels in data.batches(settings.batch_size, settings.device, generator):
@@ -106,6 +138,7 @@ def _train_one_epoch(model, optimizer, data: StateSource, settings, generator):
             logits = model.forward_from(state, data.start, first_trainable=data.start)
             loss = F.cross_entropy(logits.float(), labels)
         loss.backward()
+        schedule.before_step()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.detach())

@@ -18,6 +18,7 @@ from sweeper.config import TrialConfig
 from sweeper.fit import FitEpoch, Timing, fit, trial_seed
 from sweeper.progress import Progress
 from sweeper.records import Tag, TrialAttr
+from sweeper.rollback import KEPT
 from sweeper.runtime import StudyRuntime
 from sweeper.search_space import suggest_config
 from sweeper.stages import StagePlan
@@ -32,7 +33,9 @@ def make_objective(
     """The study's objective: draw a configuration from the spec's [search], train it as a trial."""
 
     def objective(trial: optuna.Trial) -> float:
-        return run_trial(runtime, tracker, trial, suggest_config(trial, runtime.spec.search), progress)
+        # where each arm has its own budget, the study loop claimed this trial for one of them
+        config = suggest_config(trial, runtime.spec.search, trial.user_attrs.get(TrialAttr.ARM))
+        return run_trial(runtime, tracker, trial, config, progress)
 
     return objective
 
@@ -57,7 +60,8 @@ def run_trial(
     except BaseException as exc:
         record.end("FAIL", reason=_failure_reason(exc))
         raise
-    value = fitted.epochs[-1].val[runtime.spec.study.metric]
+    value = fitted.final.val[runtime.spec.study.metric]
+    record.stages(fitted.final.epoch, fitted.stages)
     record.end("COMPLETE", value=value)
     return value
 
@@ -92,6 +96,16 @@ class _TrialRecord:
         if self.progress:
             self.progress.trial_started(self.trial.number, config.strategy, config.params())
 
+    def stages(self, best_epoch: int, stages: list[dict]) -> None:
+        """The epoch the trial ends at, and (with rollback) what became of each stage."""
+        self.trial.set_user_attr(TrialAttr.BEST_EPOCH, best_epoch)
+        if stages:
+            self.trial.set_user_attr(TrialAttr.STAGES, stages)
+            self.run.set_tags({Tag.STAGES: ",".join(f"{s['stage']}:{s['outcome']}" for s in stages)})
+            for s in stages:
+                self.run.log_epoch(s["stage"], {"stage_kept": float(s["outcome"] == KEPT)})  # step = stage
+        self.run.log_epoch(0, {"best_epoch": best_epoch})
+
     def end(self, state: str, value: float | None = None, reason: str = "") -> None:
         wall = time.perf_counter() - self.started
         self.run.created()  # its id is on the trial before the trial ends (usually long since)
@@ -119,11 +133,11 @@ class _EpochSteps:
         self.progress = progress
 
     def __call__(self, epoch: FitEpoch) -> None:
-        value = epoch.result.val[self.metric]
         self._log(epoch)
         self._keep_forgetting(epoch)
-        self._show_progress(epoch, value)
-        self._report_or_prune(epoch, value)
+        self._show_progress(epoch, epoch.result.val[self.metric])
+        # the trial's value if it stopped here (its best epoch so far, with rollback)
+        self._report_or_prune(epoch, epoch.value)
 
     def _log(self, epoch: FitEpoch) -> None:
         self.run.log_epoch(epoch.result.epoch, _epoch_metrics(epoch))
@@ -155,9 +169,11 @@ class _EpochSteps:
 
 
 def _may_be_pruned(epoch: FitEpoch) -> bool:
-    """A fine-tuning trial is not judged on its head-only stage: there it is only feature
-    extraction, and pruning it then would stop it before its first block unfreezes."""
-    return epoch.result.stage > 0 or epoch.plan.unfrozen_blocks == 0
+    """Only fine-tuning stages are judged. A feature-extraction trial (seconds on cached features)
+    always runs to its end: pruned, it would starve the tuning of the head that fine-tuning is
+    measured against. A fine-tuning trial's head-only stage is feature extraction too, and pruning
+    it there would stop it before its first block unfreezes."""
+    return epoch.result.stage > 0
 
 
 def _epoch_metrics(epoch: FitEpoch) -> dict[str, float]:

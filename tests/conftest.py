@@ -88,7 +88,7 @@ def write_spec(folder: Path, name: str = "tiny", per_class: int = 30, **sections
             "stage_epochs": 1,
             "blocks_per_stage": 1,
         },
-        "budget": {"trials": 3, "pruner": "none"},
+        "budget": {"trials": 3, "fe_trials": 0, "pruner": "none", "max_confirm_seeds": 3},
         "train": {"batch_size": 16},
     }
     for section, values in sections.items():

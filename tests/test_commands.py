@@ -82,3 +82,33 @@ def test_a_password_in_a_message_is_hidden():
     exit_code(_raising(UserError("storage URL 'postgresql://u:hunter2@h/db' is not reachable")), console)
     text = console.export_text()
     assert "hunter2" not in text and "u:***@h" in text
+
+
+@pytest.mark.slow
+def test_a_study_whose_frozen_features_already_separate_the_classes_keeps_feature_extraction(
+    workdir, tracking_uri
+):
+    # numbers against words: MiniLM's frozen features tell them apart perfectly, so nothing is
+    # left for the top blocks to add, and fine-tuning cannot clear min_gain
+    import csv
+
+    from tests.conftest import vader_rows
+
+    words = [w for w, _ in vader_rows(60)][:120]
+    with (workdir / "separable.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        writer.writerows([(str(1000 + 7 * i), "number") for i in range(120)] + [(w, "word") for w in words])
+    spec = write_spec(
+        workdir,
+        data={"path": "separable.csv"},
+        search={"head_lr": 0.01, "head_epochs": 3},
+        budget={"trials": 2, "fe_trials": 2, "confirm_seeds": 2},
+    )
+    options = Options(tracking_uri=tracking_uri)
+    run_study(spec, options, Console(quiet=True))
+    report = make_report([spec], options, Console(quiet=True)).reports[0]
+    assert report.feature_extraction.value == 1.0  # a linear head already reads every example right
+    assert report.decision == "feature_extraction" and report.conclusive is True
+    assert report.reason.startswith("rule: fine-tuning cannot reach min_gain 0.01")
+    assert report.seeds == 2  # a clear answer stops at the first look

@@ -59,7 +59,9 @@ def test_only_confirmation_touches_the_test_split_and_its_runs_are_cached(
 ):
     folder = workdir / "studies"
     folder.mkdir()
-    spec = write_spec(folder, budget={"trials": 3, "pruner": "none", "confirm_seeds": 2})
+    spec = write_spec(
+        folder, budget={"trials": 3, "pruner": "none", "confirm_seeds": 2, "max_confirm_seeds": 2}
+    )
     options = Options(tracking_uri=tracking_uri)
 
     # the search: trains on train, validates on val, never reads test
@@ -93,6 +95,36 @@ def test_only_confirmation_touches_the_test_split_and_its_runs_are_cached(
     listed = json.loads((workdir / "reports" / "report.json").read_text())
     assert [entry["study"] for entry in listed] == ["tiny"]
     assert (workdir / "reports" / "tiny" / "report.html").is_file()
+
+
+@pytest.mark.slow
+def test_confirmation_adds_paired_seeds_while_asked_up_to_its_budget_and_a_rerun_replays_them(
+    workdir, tracking_uri
+):
+    from sweeper.spec import load_spec
+    from tests.conftest import runtime_for
+
+    spec_path = write_spec(workdir, budget={"trials": 2, "confirm_seeds": 2, "max_confirm_seeds": 4})
+    commands.run_study(spec_path, Options(tracking_uri=tracking_uri))
+    study = optuna.load_study(study_name="tiny", storage="sqlite:///sweeper.db")
+    spec, asked = load_spec(spec_path), []
+
+    def more(runs):  # wants more seeds every time: the budget stops it
+        asked.append(len(runs["fine_tuning"]))
+        return True
+
+    runs = confirm.confirm(study, spec, lambda: runtime_for(spec_path), more=more)
+    assert asked == [2, 3] and [len(runs[arm]) for arm in ("feature_extraction", "fine_tuning")] == [4, 4]
+    assert [r["seed"] for r in runs["fine_tuning"]] == [50_000, 50_001, 50_002, 50_003]  # paired seeds
+    assert [r["seed"] for r in runs["feature_extraction"]] == [r["seed"] for r in runs["fine_tuning"]]
+    # from the cache (train=False): the same looks give the same runs; fewer looks, fewer seeds
+    assert confirm.confirm(study, spec, None, train=False, more=lambda r: True) == runs
+    fewer = confirm.confirm(study, spec, None, train=False, more=lambda r: len(r["fine_tuning"]) < 3)
+    assert [len(fewer[arm]) for arm in fewer] == [3, 3]
+    # a run says which epoch it ended at and what became of each stage
+    tuned = runs["fine_tuning"][0]
+    assert tuned["val"]["accuracy"] == max(s["best_value"] for s in tuned["stages"])
+    assert {s["outcome"] for s in tuned["stages"]} <= {"kept", "rolled_back"} and "best_epoch" in tuned
 
 
 def _forgetting_is_logged_per_stage(spec, tracking_uri: str) -> None:

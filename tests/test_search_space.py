@@ -75,3 +75,35 @@ def test_the_baselines_are_pure_feature_extraction_then_full_fine_tuning_at_the_
 def test_a_practice_ratio_outside_the_range_is_moved_into_it():
     (tuned,) = baseline_configs(SearchSection(unfrozen_blocks=(2, 4), lr_ratio=(0.2, 0.5)))
     assert tuned.lr_ratio == 0.2 and tuned.unfrozen_blocks == 4  # no feature-extraction baseline: 0 is out
+
+
+def _budget_of(tmp_path, blocks, fe_trials, trials=5, flag=None):
+    from sweeper.search_space import ArmBudget
+    from sweeper.spec import load_spec
+    from tests.conftest import write_spec
+
+    spec = load_spec(
+        write_spec(
+            tmp_path, search={"unfrozen_blocks": blocks}, budget={"trials": trials, "fe_trials": fe_trials}
+        )
+    )
+    return ArmBudget.of(spec, flag)
+
+
+def test_each_arm_has_its_budget_only_where_the_space_holds_both(tmp_path):
+    assert (_budget_of(tmp_path, [0, 2], 24).fe_trials, _budget_of(tmp_path, [0, 2], 24).total) == (24, 29)
+    assert _budget_of(tmp_path, [0, 2], 24, flag=7).total == 31  # --trials sets the fine-tuning arm's
+    assert not _budget_of(tmp_path, [0, 2], 0).separate  # fe_trials = 0: one shared budget
+    assert _budget_of(tmp_path, [1, 2], 24).total == 5  # no feature extraction in the space
+    assert _budget_of(tmp_path, 0, 24).total == 5  # feature extraction only
+
+
+@settings(max_examples=30, deadline=None)
+@given(space=_spaces(), arm=st.sampled_from(["feature_extraction", "fine_tuning"]))
+def test_a_trial_claimed_for_an_arm_draws_only_that_arm(space, arm):
+    low, high = bounds(space.unfrozen_blocks)
+    if (arm == "fine_tuning" and high == 0) or (arm == "feature_extraction" and low > 0):
+        return  # the arm is not in this space: never claimed
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    config = suggest_config(study.ask(), space, arm)
+    assert config.strategy == arm

@@ -33,6 +33,26 @@ def _study(workdir, name="tiny") -> optuna.Study:
 
 
 @pytest.mark.slow
+def test_feature_extraction_is_tuned_first_on_its_own_budget_then_fine_tuning_gets_its_trials(
+    workdir, tracking_uri
+):
+    spec = write_spec(workdir, budget={"trials": 2, "fe_trials": 3}, search={"head_epochs": [1, 2]})
+    run_study(spec, _options(workdir, tracking_uri))
+    trials = _study(workdir).get_trials(states=FINISHED)
+    assert len(trials) == 3 + 2  # fe_trials do not eat into [budget] trials
+    blocks = [t.params["unfrozen_blocks"] for t in sorted(trials, key=lambda t: t.number)]
+    assert (
+        blocks[:3] == [0, 0, 0] and blocks[3] == 2 and blocks[4] >= 1
+    )  # the fine-tuning baseline opens its arm
+    assert [t.user_attrs["sweeper.arm"] for t in trials] == ["feature_extraction"] * 3 + ["fine_tuning"] * 2
+    # the head of feature extraction was searched, not only its baseline's
+    assert len({t.params["head_lr"] for t in trials[:3]}) == 3
+    run_study(spec, _options(workdir, tracking_uri, trials=3))  # --trials: one more fine-tuning trial
+    more = _study(workdir).get_trials(states=FINISHED)
+    assert len(more) == 6 and more[-1].params["unfrozen_blocks"] >= 1
+
+
+@pytest.mark.slow
 def test_study_runs_the_baselines_first_then_continues_to_the_total_without_duplicates(workdir, tracking_uri):
     spec = write_spec(workdir)
     run_study(spec, _options(workdir, tracking_uri, trials=2))
@@ -124,3 +144,38 @@ def test_a_trials_model_is_freed_before_the_next_trial(workdir, tracking_uri, lo
         gc.enable()
     assert study.trials[0].state == (TrialState.PRUNED if lower else TrialState.COMPLETE)
     assert left == before
+
+
+def _mean_blocks_drawn_for_fine_tuning(sampler) -> float:
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    blocks = optuna.distributions.IntDistribution(0, 6)
+    arms = [("feature_extraction", 0, 0.90 + i / 1000) for i in range(20)]  # better than any below
+    arms += [("fine_tuning", u, v) for u, v in [(1, 0.79), (2, 0.80), (5, 0.85), (6, 0.86), (6, 0.87)]]
+    for arm, unfrozen, value in arms:
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"unfrozen_blocks": unfrozen},
+                distributions={"unfrozen_blocks": blocks},
+                value=value,
+                user_attrs={"sweeper.arm": arm},
+            )
+        )
+    drawn = []
+    for _ in range(20):
+        trial = study.ask()
+        trial.set_user_attr("sweeper.arm", "fine_tuning")
+        drawn.append(trial.suggest_int("unfrozen_blocks", 1, 6))
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    return sum(drawn) / len(drawn)
+
+
+def test_the_sampler_models_each_arm_on_its_own_trials():
+    from sweeper.study import ArmSampler
+
+    # over all trials, the many feature-extraction ones (unfrozen_blocks = 0) pull towards 1 block;
+    # over the fine-tuning trials alone, towards the many blocks that did best there
+    mixed = _mean_blocks_drawn_for_fine_tuning(
+        optuna.samplers.TPESampler(seed=0, n_startup_trials=3, multivariate=False)
+    )
+    by_arm = _mean_blocks_drawn_for_fine_tuning(ArmSampler(seed=0, n_startup_trials=3))
+    assert mixed < 2.5 < 3.5 < by_arm

@@ -42,7 +42,9 @@ def _sources(model: BlockModel, start: int) -> tuple[StateSource, StateSource]:
     )
 
 
-def _train(model, plan, head_lr=0.01, on_epoch=lambda result: None, features_at=frozenset()):
+def _staged(
+    model, plan, head_lr=0.01, on_epoch=lambda result: None, features_at=frozenset(), method=None, **settings
+):
     optimizer = make_optimizer(build_param_groups(model, plan, 0.1), head_lr, 0.0)
     return train_staged(
         model,
@@ -50,11 +52,32 @@ def _train(model, plan, head_lr=0.01, on_epoch=lambda result: None, features_at=
         optimizer,
         head_lr,
         lambda start: _sources(model, start),
-        TrainSettings(batch_size=8),
+        TrainSettings(batch_size=8, **settings),
         on_epoch,
         features_at,
-        method=StagedUnfreezing(),
+        method=method or StagedUnfreezing(),
     )
+
+
+def _train(model, plan, head_lr=0.01, on_epoch=lambda result: None, features_at=frozenset()):
+    return _staged(model, plan, head_lr, on_epoch, features_at).epochs
+
+
+class _WreckingStageOne(StagedUnfreezing):
+    """Staged unfreezing that fills the top block with noise as stage 1 starts: a stage that
+    certainly lowers validation."""
+
+    def apply_stage(self, model, plan, stage):
+        super().apply_stage(model, plan, stage)
+        if stage.index == 1 and not getattr(self, "wrecked", False):
+            self.wrecked = True
+            with torch.no_grad():
+                for parameter in model.blocks[-1].parameters():
+                    parameter.normal_(0, 30)
+
+
+def _weights(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def test_every_stage_runs_with_epochs_numbered_across_stages():
@@ -95,6 +118,44 @@ def test_the_evaluation_hands_over_the_pooled_features_a_second_pass_would_compu
     assert results[0].val_features is None  # not asked for
     again = pooled_features(model, _sources(model, plan.cut)[1], 64, torch.device("cpu"))
     torch.testing.assert_close(results[1].val_features, again)
+
+
+def test_a_stage_that_lowers_validation_is_undone_and_the_run_ends_at_its_best_epoch():
+    model = _model()
+    plan = plan_stages(3, 1, 1, head_epochs=1, stage_epochs=1)
+    before_stage_one = {}
+    staged = _staged(
+        model,
+        plan,
+        on_epoch=lambda r: before_stage_one.update(_weights(model)) if r.epoch == 0 else None,
+        metric="loss",
+        maximize=False,
+        method=_WreckingStageOne(),
+    )
+    assert staged.epochs[1].val["loss"] > staged.epochs[0].val["loss"]  # stage 1 hurt
+    assert [o.outcome for o in staged.stages] == ["kept", "rolled_back"]
+    assert staged.final is staged.epochs[0] and staged.stages[1].best_epoch == 0
+    after = _weights(model)
+    for name, tensor in before_stage_one.items():  # head and block exactly as before stage 1
+        torch.testing.assert_close(after[name], tensor, rtol=0, atol=0)
+
+
+def test_without_rollback_the_run_keeps_what_its_last_stage_did():
+    model = _model()
+    plan = plan_stages(3, 1, 1, head_epochs=1, stage_epochs=1)
+    staged = _staged(model, plan, metric="loss", maximize=False, rollback=False, method=_WreckingStageOne())
+    assert staged.stages == [] and staged.final is staged.epochs[-1]
+    assert staged.final.val["loss"] > staged.epochs[0].val["loss"]
+
+
+def test_a_stage_that_improves_validation_is_kept():
+    model = _model()
+    plan = plan_stages(3, 1, 1, head_epochs=1, stage_epochs=3)
+    staged = _staged(model, plan, head_lr=0.05, metric="loss", maximize=False)
+    losses = [e.val["loss"] for e in staged.epochs]
+    assert staged.final.val["loss"] == min(losses)  # the run's value is its best epoch
+    ends_at_best = losses[-1] == min(losses)
+    assert staged.stages[-1].outcome == ("kept" if ends_at_best else "rolled_back")
 
 
 def test_macro_f1_is_the_mean_over_classes_present_of_each_class_s_f1():

@@ -31,16 +31,21 @@ def _objective(tracking_uri, spec_path):
     return make_objective(runtime, tracker), tracker
 
 
-def test_a_pruned_trial_is_recorded_pruned_with_its_run_killed(workdir, tracking_uri):
-    objective, tracker = _objective(tracking_uri, write_spec(workdir, search={"head_epochs": 3}))
-    # accuracy never reaches 1.5: a real Optuna pruner stops the trial at its first report
+def test_a_pruned_trial_is_recorded_pruned_with_its_run_killed_and_feature_extraction_is_never_pruned(
+    workdir, tracking_uri
+):
+    objective, tracker = _objective(tracking_uri, write_spec(workdir, search={"head_epochs": 1}))
+    # accuracy never reaches 1.5: a real Optuna pruner stops the trial at its first fine-tuning epoch
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=1.5))
+    study.enqueue_trial({"unfrozen_blocks": 1, "lr_ratio": 0.05, "stage_epochs": 1, "blocks_per_stage": 1})
     study.enqueue_trial({"unfrozen_blocks": 0})
-    study.optimize(objective, n_trials=1)
-    trial = study.trials[0]
+    study.optimize(objective, n_trials=2)
+    trial, frozen = study.trials
     assert trial.state == TrialState.PRUNED
-    assert "pruned after epoch 0" in trial.user_attrs["prune_reason"]
-    assert trial.intermediate_values.keys() == {0}
+    assert "pruned after epoch 1" in trial.user_attrs["prune_reason"]
+    assert trial.intermediate_values.keys() == {0, 1}
+    # feature extraction costs seconds on cached features: it runs to its end, its head tuned
+    assert frozen.state == TrialState.COMPLETE
     tracker.flush()  # runs are written in the background
     run = MlflowClient(tracking_uri).get_run(trial.user_attrs["mlflow_run_id"])
     assert run.info.status == "KILLED" and run.data.tags["optuna.state"] == "PRUNED"
@@ -89,6 +94,29 @@ def test_a_fine_tuning_trial_records_its_stage_starts_and_seconds(workdir, track
         seconds = trial.user_attrs["seconds"]
         assert 0 < seconds["device"] and 0 < seconds["bookkeeping"]
         assert seconds["device"] + seconds["bookkeeping"] <= seconds["wall"]
+
+
+def test_a_trial_s_value_is_its_best_epoch_and_its_stages_are_recorded(workdir, tracking_uri):
+    spec = write_spec(workdir, search={"head_epochs": 2, "stage_epochs": [1, 2]})
+    objective, tracker = _objective(tracking_uri, spec)
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial({"unfrozen_blocks": 2, "lr_ratio": 0.1, "stage_epochs": 2, "blocks_per_stage": 1})
+    study.optimize(objective, n_trials=1)
+    trial = study.trials[0]
+    values = trial.intermediate_values  # reported to Optuna: the best so far after each epoch
+    tracker.flush()
+    history = MlflowClient(tracking_uri).get_metric_history(trial.user_attrs["mlflow_run_id"], "val_accuracy")
+    per_epoch = [m.value for m in sorted(history, key=lambda m: m.step)]
+    assert trial.value == pytest.approx(max(per_epoch))  # the best epoch, not the last
+    assert trial.user_attrs["best_epoch"] == per_epoch.index(max(per_epoch))
+    assert list(values.values()) == pytest.approx([max(per_epoch[: i + 1]) for i in range(len(per_epoch))])
+    stages = trial.user_attrs["stages"]
+    assert [s["stage"] for s in stages] == [0, 1, 2] and {s["outcome"] for s in stages} <= {
+        "kept",
+        "rolled_back",
+    }
+    tags = MlflowClient(tracking_uri).get_run(trial.user_attrs["mlflow_run_id"]).data.tags
+    assert tags["sweeper.stages"] == ",".join(f"{s['stage']}:{s['outcome']}" for s in stages)
 
 
 class _OutOfMemoryHead(nn.Module):

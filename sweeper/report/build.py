@@ -15,7 +15,7 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeper.confirm import RuntimeFactory, Say, best_trials, confirm, frozen_probe, unpack
+from sweeper.confirm import RuntimeFactory, Say, best_trials, confirm, frozen_probe
 from sweeper.data import Splits
 from sweeper.errors import UserError
 from sweeper.records import STRATEGIES, StudyAttr, TrialAttr, seconds_of, strategy_of
@@ -26,11 +26,10 @@ from sweeper.report.decision import (
     Gain,
     decide,
     normalised_probe,
-    paired_t_interval,
     read_matrix,
-    test_example_interval,
 )
 from sweeper.report.forgetting import summarize_forgetting
+from sweeper.report.gain import confirmation_facts, confirmed_gain
 from sweeper.report.model import (
     Arm,
     ArmConfirmation,
@@ -40,6 +39,8 @@ from sweeper.report.model import (
     Report,
     StudyCost,
 )
+from sweeper.rollback import ROLLED_BACK
+from sweeper.search_space import ArmBudget
 from sweeper.spec import Spec
 
 
@@ -84,8 +85,13 @@ def report_study(
     """
     _refuse_without_completed_trials(study, spec)
     probe = frozen_probe(study, runtime) if runtime is not None else study.user_attrs.get(StudyAttr.PROBE)
-    confirmation = confirm(study, spec, runtime, say, train=runtime is not None)
     test_labels = np.asarray(labels)[splits.test]
+
+    def more(runs: dict[str, list[dict]]) -> bool:  # the evidence is not enough yet: one more seed
+        gain = confirmed_gain(runs, spec, test_labels)
+        return gain.look is None or gain.look.verdict == "more_seeds"
+
+    confirmation = confirm(study, spec, runtime, say, train=runtime is not None, more=more)
     return build_report(
         study, spec, describe_dataset(labels, classes, splits), confirmation, probe, test_labels
     )
@@ -123,10 +129,10 @@ def build_report(
         feature_extraction=fe,
         fine_tuning=ft,
         gain=gain.value if gain else None,
-        gain_ci=gain.ci if gain and gain.seed_ci else None,
-        gain_ci_seeds=gain.seed_ci if gain else None,
-        gain_ci_test_examples=gain.test_ci if gain else None,
+        gain_ci=gain.ci if gain else None,
         confidence=CONFIDENCE,
+        **confirmation_facts(gain),
+        **_completeness(study, spec),
         cost_ratio=_cost_ratio(fe, ft),
         gain_per_device_hour=_gain_per_device_hour(gain, fe, ft),
         cost=_cost(study, confirmation),
@@ -138,6 +144,16 @@ def build_report(
         min_gain=spec.decision.min_gain,
         evidence=_evidence(confirmed, confirmation, dataset),
     )
+
+
+def _completeness(study: optuna.Study, spec: Spec) -> dict:
+    """Whether the study holds its whole budget; a report made while it runs says so."""
+    trials = study.get_trials(deepcopy=False)
+    finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    running = sum(t.state == TrialState.RUNNING for t in trials)
+    budget = ArmBudget.of(spec).total
+    note = f"{finished} of {budget} trials finished" + (f", {running} running" if running else "")
+    return {"complete": finished >= budget and not running, "trials_note": note}
 
 
 def _refuse_without_completed_trials(study: optuna.Study, spec: Spec) -> None:
@@ -164,6 +180,7 @@ def _arm(study, best: FrozenTrial | None, runs: list[dict] | None, metric: str) 
         trials=len(everything),
         arm_device_seconds=sum(seconds_of(t, "device") for t in everything),
         arm_wall_seconds=sum(seconds_of(t, "wall") for t in everything),
+        stages=best.user_attrs.get(TrialAttr.STAGES),
     )
     if not runs:
         return arm
@@ -178,6 +195,9 @@ def _arm(study, best: FrozenTrial | None, runs: list[dict] | None, metric: str) 
         confirm_val_value=float(np.mean([run["val"][metric] for run in runs])),
         prefix_seconds=prefix,
         train_seconds=train,
+        rolled_back=[
+            [s["stage"] for s in run.get("stages", []) if s["outcome"] == ROLLED_BACK] for run in runs
+        ],
     )
     # the confirmed figures replace the search's
     return dataclasses.replace(
@@ -190,38 +210,10 @@ def _arm(study, best: FrozenTrial | None, runs: list[dict] | None, metric: str) 
 
 
 def _gain(arms: dict[str, Arm], confirmation, spec: Spec, test_labels) -> Gain:
-    sign = 1.0 if spec.study.direction == "maximize" else -1.0
     if confirmation is None:
+        sign = 1.0 if spec.study.direction == "maximize" else -1.0
         return Gain(sign * (arms["fine_tuning"].value - arms["feature_extraction"].value))
-    fe, ft = confirmation["feature_extraction"], confirmation["fine_tuning"]
-    differences = [
-        sign * (b["test"][spec.study.metric] - a["test"][spec.study.metric])
-        for a, b in zip(fe, ft, strict=True)
-    ]
-    return Gain(
-        float(np.mean(differences)),
-        seeds=len(differences),
-        seed_ci=paired_t_interval(differences),
-        test_ci=_test_interval(fe, ft, spec.study.metric, sign, test_labels),
-    )
-
-
-def _test_interval(fe_runs, ft_runs, metric: str, sign: float, labels) -> tuple[float, float] | None:
-    if labels is None:
-        return None
-
-    def stacked(runs, key):
-        return np.stack([unpack(run[key]) for run in runs])
-
-    return test_example_interval(
-        metric,
-        sign,
-        np.asarray(labels),
-        stacked(fe_runs, "predictions"),
-        stacked(ft_runs, "predictions"),
-        stacked(fe_runs, "losses"),
-        stacked(ft_runs, "losses"),
-    )
+    return confirmed_gain(confirmation, spec, test_labels)
 
 
 def _cost_ratio(fe: Arm | None, ft: Arm | None) -> float | None:

@@ -1,24 +1,25 @@
 """The decision rule and the decision-matrix reading, as plain functions of numbers.
 
-The rule: fine-tuning is chosen only when the lower bound of the gain's 95% interval is at least
-``min_gain``; otherwise feature extraction, which is cheaper and keeps the pretrained features
-intact. The interval (``gain_ci``) is the hull of two intervals, one per source of noise:
-
-- seeds: a t interval over the per-seed differences of paired confirmation runs (seed i of both
-  arms shares its head initialisation and batch order);
-- test examples: a paired bootstrap over the test examples of the mean-over-seeds gain (the test
-  split is a sample too; both arms are scored on the same resampled examples).
+The rule: fine-tuning is chosen only when its gain over feature extraction clears ``min_gain``
+with the error of that choice held at 5% (``stats.SequentialRule``). The gain's interval accounts
+for both sources of noise at once (``stats.crossed_estimate``): the seeds (paired confirmation
+runs: seed i of both arms shares its head initialisation and batch order) and the test examples
+(the test split is a sample too; every seed is scored on the same examples). Confirmation adds a
+paired seed while the interval straddles ``min_gain``, up to ``[budget] max_confirm_seeds``; each
+look is corrected for the repeated looks. Undecided at the budget, the answer is feature
+extraction (cheaper, safer), and the report says it is inconclusive.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-CONFIDENCE = 0.95
+from sweeper.report.stats import GainEstimate, Look, SequentialRule, crossed_estimate, estimate_from_parts
+
+CONFIDENCE = 0.95  # the interval the report shows; each look of the rule uses its own, corrected
+ERROR = 0.05  # the chance of choosing fine-tuning when its true gain is below min_gain, at most
 BOOTSTRAP_ROUNDS = 2000
 
 # the decision matrix (DESIGN.md): dataset size × similarity to the pretraining data
@@ -36,94 +37,62 @@ ADVICE = {
 class Gain:
     """Fine-tuning's gain over feature extraction (positive = fine-tuning better, any metric).
 
-    ``seeds`` is 0 for a search-only gain (best validation trial of each arm, one run each).
+    ``seeds`` is 0 for a search-only gain (best validation trial of each arm, one run each);
+    ``estimate`` and ``look`` exist once two paired seeds have run.
     """
 
     value: float
     seeds: int = 0
-    seed_ci: tuple[float, float] | None = None
-    test_ci: tuple[float, float] | None = None
+    estimate: GainEstimate | None = None
+    look: Look | None = None
 
     @property
     def ci(self) -> tuple[float, float] | None:
-        """The interval the rule reads: the hull of the seed and test-example intervals."""
-        parts = [ci for ci in (self.seed_ci, self.test_ci) if ci is not None]
-        if not parts:
-            return None
-        return (min(low for low, _ in parts), max(high for _, high in parts))
+        """The gain's 95% interval (seeds and test examples together)."""
+        return self.estimate.interval(CONFIDENCE) if self.estimate is not None else None
 
 
-def paired_t_interval(
-    differences: Sequence[float], confidence: float = CONFIDENCE
-) -> tuple[float, float] | None:
-    """Student-t interval of the mean of paired differences; None below two pairs."""
-    from scipy import stats
-
-    values = np.asarray(differences, dtype=np.float64)
-    if len(values) < 2:
-        return None
-    mean, spread = float(values.mean()), float(values.std(ddof=1))
-    half = float(stats.t.ppf((1 + confidence) / 2, len(values) - 1)) * spread / math.sqrt(len(values))
-    return (mean - half, mean + half)
+def sequential_rule(min_gain: float, confirm_seeds: int, max_confirm_seeds: int) -> SequentialRule:
+    return SequentialRule(min_gain, confirm_seeds, max(max_confirm_seeds, 2), ERROR)
 
 
-def bootstrap_interval(
-    per_example_gain,
-    resample_gain=None,
-    size: int | None = None,
-    confidence: float = CONFIDENCE,
-    seed: int = 0,
-) -> tuple[float, float]:
-    """Percentile interval of a gain over resampled test examples.
-
-    Either ``per_example_gain`` (a vector whose mean is the gain: accuracy, loss) or
-    ``resample_gain(indices) -> gain`` with ``size`` examples (macro-F1, which does not average).
-    """
-    rng = np.random.default_rng(seed)
-    if resample_gain is None:
-        values = np.asarray(per_example_gain, dtype=np.float64)
-        draws = rng.integers(0, len(values), size=(BOOTSTRAP_ROUNDS, len(values)))
-        gains = values[draws].mean(axis=1)
-    else:
-        gains = np.array(
-            [resample_gain(rng.integers(0, size, size=size)) for _ in range(BOOTSTRAP_ROUNDS // 2)]
-        )
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(gains, [tail, 100 - tail])
-    return (float(low), float(high))
-
-
-def test_example_interval(
+def estimate_gain(
     metric: str,
     sign: float,
     labels: np.ndarray,
-    fe_predictions: np.ndarray,
-    ft_predictions: np.ndarray,
-    fe_losses: np.ndarray,
-    ft_losses: np.ndarray,
-) -> tuple[float, float] | None:
-    """Paired bootstrap over test examples of the mean-over-seeds gain; arrays are (seeds, examples).
-
-    ``sign`` is +1 when higher is better, -1 for a loss. None when the arrays do not fit the labels.
-    """
-    fe, ft = fe_predictions.astype(np.int64), ft_predictions.astype(np.int64)
-    if fe.shape[1] != len(labels) or ft.shape[1] != len(labels):
+    predictions: tuple[np.ndarray, np.ndarray],
+    losses: tuple[np.ndarray, np.ndarray],
+    differences: list[float],
+) -> GainEstimate | None:
+    """The gain's estimate from paired runs: arrays are (seeds, examples), feature extraction's
+    first. ``sign`` is +1 when higher is better, -1 for a loss; ``differences`` are the per-seed
+    gains. Accuracy and loss average over examples (`stats.crossed_estimate`); macro-F1 does not,
+    so its example part is a bootstrap variance (`stats.estimate_from_parts`)."""
+    fe, ft = (p.astype(np.int64) for p in predictions)
+    if fe.shape[1] != len(labels) or ft.shape[1] != len(labels) or len(differences) < 2:
         return None
     if metric == "accuracy":
-        return bootstrap_interval(sign * ((ft == labels).mean(0) - (fe == labels).mean(0)))
-    if metric == "loss":
-        return bootstrap_interval(
-            sign * (ft_losses.astype(np.float64).mean(0) - fe_losses.astype(np.float64).mean(0))
-        )
+        x = (ft == labels).astype(np.float64) - (fe == labels)
+    elif metric == "loss":
+        x = losses[1].astype(np.float64) - losses[0].astype(np.float64)
+    else:
+        return estimate_from_parts(differences, _macro_f1_variance(labels, fe, ft, sign), len(labels))
+    estimate = crossed_estimate(sign * x)
+    # centred on the gain of the runs' own test metrics (the per-example losses are stored rounded)
+    return None if estimate is None else replace(estimate, gain=float(np.mean(differences)))
+
+
+def _macro_f1_variance(labels: np.ndarray, fe: np.ndarray, ft: np.ndarray, sign: float) -> float:
+    """Bootstrap variance, over resampled test examples, of the mean-over-seeds macro-F1 gain."""
+    rng = np.random.default_rng(0)
     classes = int(max(labels.max(), fe.max(), ft.max())) + 1
-
-    def resampled(indices: np.ndarray) -> float:
-        truth = labels[indices]
-        tuned = np.mean([macro_f1(p[indices], truth, classes) for p in ft])
-        frozen = np.mean([macro_f1(p[indices], truth, classes) for p in fe])
-        return sign * float(tuned - frozen)
-
-    return bootstrap_interval(None, resampled, size=len(labels))
+    gains = []
+    for _ in range(BOOTSTRAP_ROUNDS // 4):
+        idx = rng.integers(0, len(labels), size=len(labels))
+        tuned = np.mean([macro_f1(p[idx], labels[idx], classes) for p in ft])
+        frozen = np.mean([macro_f1(p[idx], labels[idx], classes) for p in fe])
+        gains.append(sign * float(tuned - frozen))
+    return float(np.var(gains, ddof=1))
 
 
 def macro_f1(predicted: np.ndarray, truth: np.ndarray, classes: int) -> float:
@@ -158,30 +127,32 @@ def decide(gain: Gain | None, missing: str | None, min_gain: float, metric: str)
             f"provisional rule (search only: best validation trial of each arm, one run each): "
             f"{shown} {sign} min_gain {min_gain:g}; run `python -m sweeper report` to confirm on the test split"
         )
-    if gain.seed_ci is None or gain.ci is None:
+    if gain.look is None:
         return "feature_extraction", (
-            f"rule: one confirmation seed gives no interval, and fine-tuning needs its interval's "
-            f"lower bound ≥ min_gain {min_gain:g} ({shown}); set [budget] confirm_seeds ≥ 2"
+            f"rule: one confirmation seed gives no interval, and fine-tuning needs its lower bound "
+            f"≥ min_gain {min_gain:g} ({shown}); set [budget] max_confirm_seeds ≥ 2"
         )
-    low, high = gain.ci
-    where = f"{shown}, 95% interval [{low:+.4f}, {high:+.4f}] ({_sources(gain)})"
-    if low >= min_gain:
-        return "fine_tuning", f"rule: the interval's lower bound clears min_gain {min_gain:g}: {where}"
-    if high < 0:
-        return "feature_extraction", f"rule: fine-tuning loses, its whole interval is below 0: {where}"
+    return _read_look(gain, gain.look, min_gain, shown)
+
+
+def _read_look(gain: Gain, look: Look, min_gain: float, shown: str) -> tuple[str, str]:
+    bounds = f"[{look.low:+.4f}, {look.high:+.4f}] at {look.confidence:.1%} (corrected for repeated looks)"
+    where = f"{shown} over {gain.seeds} paired seeds, interval {bounds}"
+    if look.verdict == "fine_tuning":
+        return "fine_tuning", f"rule: the lower bound clears min_gain {min_gain:g}: {where}"
+    if look.verdict == "more_seeds":
+        return "feature_extraction", (
+            f"provisional: confirmation is not finished ({where} straddles min_gain {min_gain:g}); "
+            "run `python -m sweeper report` to add seeds"
+        )
+    if look.conclusive:
+        return "feature_extraction", (
+            f"rule: fine-tuning cannot reach min_gain {min_gain:g}, the upper bound is below it: {where}"
+        )
     return "feature_extraction", (
-        f"rule: the gain is inside the noise, the interval's lower bound {low:+.4f} < min_gain "
-        f"{min_gain:g}: {where}; feature extraction is cheaper and safer"
+        f"inconclusive: after {gain.seeds} seeds, the budget ([budget] max_confirm_seeds), the "
+        f"interval still straddles min_gain {min_gain:g}: {where}; feature extraction is cheaper and safer"
     )
-
-
-def _sources(gain: Gain) -> str:
-    parts = []
-    if gain.seed_ci is not None:
-        parts.append(f"t over {gain.seeds} paired seeds [{gain.seed_ci[0]:+.4f}, {gain.seed_ci[1]:+.4f}]")
-    if gain.test_ci is not None:
-        parts.append(f"bootstrap over test examples [{gain.test_ci[0]:+.4f}, {gain.test_ci[1]:+.4f}]")
-    return "; ".join(parts)
 
 
 def read_matrix(
@@ -207,7 +178,8 @@ def _agreement(expected: str, decision: str, gain: Gain | None) -> str:
     if expected == "no_loss":  # "rarely hurts": agrees unless fine-tuning is clearly worse
         if gain is None:
             return "unknown"
-        upper = gain.ci[1] if gain.ci is not None else gain.value
+        ci = gain.ci
+        upper = ci[1] if ci is not None else gain.value
         return "agrees" if upper >= 0 else "disagrees"
     return "agrees" if decision == expected else "disagrees"
 

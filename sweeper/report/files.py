@@ -13,12 +13,8 @@ import optuna
 from sweeper.errors import UserError
 from sweeper.report.model import Report
 from sweeper.report.plots import make_plots
-from sweeper.report.render import (
-    render_html,
-    render_markdown,
-    render_summary_html,
-    render_summary_markdown,
-)
+from sweeper.report.render import render_html, render_markdown
+from sweeper.report.summary import render_summary_html, render_summary_markdown
 
 
 def spec_files(paths: list[Path]) -> list[Path]:

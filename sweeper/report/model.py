@@ -1,9 +1,11 @@
 """The report as typed values: what the builder makes, what the renderers read, and what
 report.json holds (`Report.to_json`, a fixed schema that scripts can read; see DESIGN.md).
 
-``to_json`` keeps the schema of earlier versions exactly: the keys an arm has only once confirmed
+``to_json`` keeps the schema of earlier versions: the keys an arm has only once confirmed
 (``seed_values``, ``test``, ...) and the forgetting figures of the confirmation runs are absent,
-not null, before that.
+not null, before that. Since the sequential rule (issue 11) ``gain_ci`` is one interval for both
+noise sources, so ``gain_ci_seeds`` and ``gain_ci_test_examples`` are gone; ``seeds``,
+``conclusive``, ``stopped``, ``decision_interval`` and ``complete`` are new.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class ArmConfirmation:
     confirm_val_value: float  # the validation metric of the runs, mean over seeds
     prefix_seconds: float
     train_seconds: float
+    rolled_back: list[list[int]] = field(default_factory=list)  # per seed: the stages rolled back
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,7 @@ class Arm:
     arm_device_seconds: float
     arm_wall_seconds: float
     confirmation: ArmConfirmation | None = None
+    stages: list[dict] | None = None  # the best trial's stages, kept or rolled back ([train] rollback)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -164,10 +168,16 @@ class Report:
     feature_extraction: Arm | None
     fine_tuning: Arm | None
     gain: float | None  # fine-tuning minus feature extraction (positive = fine-tuning better)
-    gain_ci: tuple[float, float] | None
-    gain_ci_seeds: tuple[float, float] | None
-    gain_ci_test_examples: tuple[float, float] | None
+    gain_ci: tuple[float, float] | None  # at ``confidence``: seeds and test examples together
     confidence: float
+    seeds: int  # paired confirmation seeds per arm (0: search only)
+    conclusive: bool | None  # None before confirmation; False: the seed budget ended undecided
+    stopped: str | None  # why confirmation stopped adding seeds
+    decision_interval: tuple[float, float] | None  # the rule's bounds at its corrected level
+    decision_confidence: float | None
+    seed_share: float | None  # the share of the gain's variance from seeds (the rest: test examples)
+    complete: bool  # the study holds its whole budget of finished trials, none running
+    trials_note: str  # what the study holds: finished of budget, running
     cost_ratio: float | None  # fine-tuning / feature extraction, device-seconds per run
     gain_per_device_hour: float | None
     cost: Cost
@@ -199,9 +209,15 @@ class Report:
             "fine_tuning": _json(self.fine_tuning),
             "gain": self.gain,
             "gain_ci": _pair(self.gain_ci),
-            "gain_ci_seeds": _pair(self.gain_ci_seeds),
-            "gain_ci_test_examples": _pair(self.gain_ci_test_examples),
             "confidence": self.confidence,
+            "seeds": self.seeds,
+            "conclusive": self.conclusive,
+            "stopped": self.stopped,
+            "decision_interval": _pair(self.decision_interval),
+            "decision_confidence": self.decision_confidence,
+            "seed_share": self.seed_share,
+            "complete": self.complete,
+            "trials_note": self.trials_note,
             "cost_ratio": self.cost_ratio,
             "gain_per_device_hour": self.gain_per_device_hour,
             "cost": asdict(self.cost),

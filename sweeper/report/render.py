@@ -17,17 +17,17 @@ figure{margin:1.2rem 0}img{max-width:100%;border:1px solid #eee}figcaption{color
 .note{color:#555;font-size:.9rem}"""
 
 
-def _f(value: Any, fmt: str = "{:.4f}") -> str:
+def number(value: Any, fmt: str = "{:.4f}") -> str:
     if value is None or (isinstance(value, float) and value != value):
         return "–"
     return fmt.format(value)
 
 
-def _ci(ci) -> str:
+def interval_text(ci) -> str:
     return f"[{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else "–"
 
 
-def _name(strategy: str | None) -> str:
+def strategy_name(strategy: str | None) -> str:
     return strategy.replace("_", " ") if strategy else "–"
 
 
@@ -36,20 +36,47 @@ def headline(report: Report) -> list[tuple[str, str]]:
     cka = report.forgetting.final_cka if report.forgetting else None
     quadrant = f"{matrix.quadrant or '–'}: {matrix.advice or '–'} " if matrix else "–: – "
     return [
-        ("decision", _name(report.decision)),
+        ("decision", strategy_name(report.decision)),
         ("reason", report.reason),
         (
             f"gain of fine-tuning ({report.metric})",
-            f"{_f(report.gain, '{:+.4f}')}, 95% interval {_ci(report.gain_ci)}; min_gain {report.min_gain:g}",
+            f"{number(report.gain, '{:+.4f}')}, 95% interval {interval_text(report.gain_ci)}; min_gain {report.min_gain:g}",
         ),
+        ("confirmation", _confirmation(report)),
         (
             "cost ratio (fine-tuning / feature extraction, device-seconds per run)",
-            _f(report.cost_ratio, "{:.1f}x"),
+            number(report.cost_ratio, "{:.1f}x"),
         ),
-        ("gain per extra device-hour", _f(report.gain_per_device_hour, "{:+.3f}")),
+        ("gain per extra device-hour", number(report.gain_per_device_hour, "{:+.3f}")),
         ("decision matrix", f"{quadrant}(measurement {matrix.agreement if matrix else 'unknown'})"),
-        ("forgetting (linear CKA, pretrained vs fine-tuned features; 1 = unchanged)", _f(cka)),
+        ("forgetting (linear CKA, pretrained vs fine-tuned features; 1 = unchanged)", number(cka)),
     ]
+
+
+def _confirmation(report: Report) -> str:
+    if not report.seeds:
+        return "none yet (search only)"
+    level = number(report.decision_confidence, "{:.1%}")
+    conclusive = "conclusive" if report.conclusive else "inconclusive"
+    return (
+        f"{report.seeds} paired seeds per arm, {conclusive}; stopped: {report.stopped or '–'}; "
+        f"decision interval {interval_text(report.decision_interval)} at {level} (corrected for repeated looks); "
+        f"{number(report.seed_share, '{:.0%}')} of the variance from seeds, the rest from test examples"
+    )
+
+
+def incomplete(report: Report) -> str | None:
+    """The warning at the top of a report made while its study runs."""
+    return (
+        None
+        if report.complete
+        else f"the study is not finished ({report.trials_note}): this report may change"
+    )
+
+
+def _stages(arm) -> str:
+    stages = arm.stages if arm else None
+    return ", ".join(f"{s['stage']} {s['outcome'].replace('_', ' ')}" for s in stages) if stages else "–"
 
 
 def arm_rows(report: Report) -> list[tuple[str, str, str]]:
@@ -59,15 +86,20 @@ def arm_rows(report: Report) -> list[tuple[str, str, str]]:
     metric = report.metric_name
 
     def row(label, key, fmt="{:.4f}"):
-        return (label, _f(getattr(fe, key, None), fmt), _f(getattr(ft, key, None), fmt))
+        return (label, number(getattr(fe, key, None), fmt), number(getattr(ft, key, None), fmt))
 
     def confirmed_row(label, key, fmt="{:.4f}"):
-        return (label, _f(getattr(fe_confirmed, key, None), fmt), _f(getattr(ft_confirmed, key, None), fmt))
+        return (
+            label,
+            number(getattr(fe_confirmed, key, None), fmt),
+            number(getattr(ft_confirmed, key, None), fmt),
+        )
 
     rows = [
         row("best trial of the search", "trial", "{}"),
         ("its params", _params(fe.params if fe else None), _params(ft.params if ft else None)),
         row(f"val_{metric} in the search (selected on it)", "search_value"),
+        ("its stages (kept or rolled back)", _stages(fe), _stages(ft)),
     ]
     if report.confirmed:
         rows += [
@@ -106,7 +138,7 @@ def _seeds(confirmation: ArmConfirmation | None) -> str:
 
 
 def _test(confirmation: ArmConfirmation | None, key: str) -> str:
-    return _f(confirmation.test.get(key) if confirmation else None)
+    return number(confirmation.test.get(key) if confirmation else None)
 
 
 def matrix_rows(report: Report) -> list[tuple[str, str]]:
@@ -121,17 +153,17 @@ def matrix_rows(report: Report) -> list[tuple[str, str]]:
             "size",
             f"{m.size}: {m.per_class_mean:.0f} per class on average (small below {t['small_per_class_below']})",
         ),
-        ("linear probe on frozen features", f"balanced accuracy {_f(m.probe_balanced_accuracy)} on val"),
+        ("linear probe on frozen features", f"balanced accuracy {number(m.probe_balanced_accuracy)} on val"),
         (
             "similarity",
-            f"{m.similarity}: probe score {_f(m.probe_score, '{:.3f}')} "
+            f"{m.similarity}: probe score {number(m.probe_score, '{:.3f}')} "
             f"(0 = chance, 1 = perfect; similar from {t['similar_probe_score_from']})"
             if m.similarity
             else "not measured yet: `python -m sweeper report` runs the probe",
         ),
         ("quadrant", m.quadrant or "–"),
         ("the rule of thumb advises", m.advice or "–"),
-        ("measured decision", _name(report.decision)),
+        ("measured decision", strategy_name(report.decision)),
         ("agreement", m.agreement),
     ]
 
@@ -145,7 +177,12 @@ def forgetting_rows(report: Report) -> list[tuple[str, str, str, str]]:
         changes = entry["weight_change"]
         detail = ", ".join(f"block {b}: {v:.4f}" for b, v in changes.items())
         rows.append(
-            (f"trial {figures.trial}, stage {entry['stage']}", _f(entry["cka"]), _f(_avg(changes)), detail)
+            (
+                f"trial {figures.trial}, stage {entry['stage']}",
+                number(entry["cka"]),
+                number(_avg(changes)),
+                detail,
+            )
         )
     confirmed = figures.confirmed
     if confirmed:
@@ -154,8 +191,8 @@ def forgetting_rows(report: Report) -> list[tuple[str, str, str, str]]:
         rows.append(
             (
                 f"confirmation runs (CKA per seed: {seeds})",
-                _f(confirmed.cka),
-                _f(confirmed.weight_change_mean),
+                number(confirmed.cka),
+                number(confirmed.weight_change_mean),
                 detail,
             )
         )
@@ -170,16 +207,17 @@ def cost_rows(report: Report) -> list[tuple[str, str]]:
     study, confirmation = report.cost.study, report.cost.confirmation
     return [
         ("study: trials", str(study.trials)),
-        ("study: device-seconds (sum over trials)", _f(study.device_seconds, "{:.1f}")),
-        ("study: wall-seconds (sum over trials)", _f(study.wall_seconds, "{:.1f}")),
-        ("study: elapsed (first trial start to last trial end)", _f(study.elapsed_seconds, "{:.1f} s")),
+        ("study: device-seconds (sum over trials)", number(study.device_seconds, "{:.1f}")),
+        ("study: wall-seconds (sum over trials)", number(study.wall_seconds, "{:.1f}")),
+        ("study: elapsed (first trial start to last trial end)", number(study.elapsed_seconds, "{:.1f} s")),
         ("confirmation: runs", str(confirmation.runs)),
-        ("confirmation: device-seconds", _f(confirmation.device_seconds, "{:.1f}")),
+        ("confirmation: device-seconds", number(confirmation.device_seconds, "{:.1f}")),
     ]
 
 
 def render_markdown(report: Report) -> str:
     lines = [f"# sweeper report: {report.study}", ""]
+    lines += [f"> **incomplete**: {incomplete(report)}", ""] if incomplete(report) else []
     lines += [f"- **{k}**: {v}" for k, v in headline(report)]
     lines += [
         "",
@@ -221,7 +259,8 @@ def render_html(report: Report, images: list[ImageRow]) -> str:
     esc = html.escape
     parts = [
         f"<h1>sweeper report: {esc(report.study)}</h1>",
-        f"<p class='decision'>decision: {esc(_name(report.decision))}</p>",
+        f"<p class='note'><b>incomplete</b>: {esc(incomplete(report))}</p>" if incomplete(report) else "",
+        f"<p class='decision'>decision: {esc(strategy_name(report.decision))}</p>",
         _table(headline(report)[1:]),
         "<h2>Feature extraction vs fine-tuning</h2>",
         _table(arm_rows(report), ("", "feature extraction", "fine-tuning")),
@@ -242,62 +281,11 @@ def render_html(report: Report, images: list[ImageRow]) -> str:
             f"<figure><img src='data:image/png;base64,{data}' alt='{esc(title)}' data-file='{esc(name)}'>"
             f"<figcaption><b>{esc(title)}.</b> {esc(caption)}</figcaption></figure>"
         )
-    return _page(f"sweeper report: {report.study}", "\n".join(parts))
+    return page(f"sweeper report: {report.study}", "\n".join(parts))
 
 
-def _page(title: str, body: str) -> str:
+def page(title: str, body: str) -> str:
     return (
         f"<!doctype html>\n<html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{CSS}</style></head><body>\n{body}\n</body></html>\n"
-    )
-
-
-def summary_rows(reports: list[Report]) -> list[tuple[str, ...]]:
-    rows = []
-    for r in reports:
-        rows.append(
-            (
-                r.study,
-                _name(r.decision),
-                f"{_f(r.gain, '{:+.4f}')} {_ci(r.gain_ci)}",
-                _f(r.cost_ratio, "{:.1f}x"),
-                (r.matrix.quadrant if r.matrix else None) or "–",
-                r.matrix.agreement if r.matrix else "unknown",
-                "test, confirmed" if r.confirmed else "validation, search only",
-            )
-        )
-    return rows
-
-
-SUMMARY_HEADER = ("study", "decision", "gain [95% interval]", "cost ratio", "quadrant", "matrix", "evidence")
-
-
-def render_summary_markdown(reports: list[Report], links: list[str]) -> str:
-    lines = ["# sweeper: one row per study", "", "| " + " | ".join(SUMMARY_HEADER) + " |"]
-    lines.append("|" + "---|" * len(SUMMARY_HEADER))
-    for row, link in zip(summary_rows(reports), links, strict=True):
-        lines.append(f"| [{row[0]}]({link}) | " + " | ".join(row[1:]) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def render_summary_html(reports: list[Report], links: list[str]) -> str:
-    esc = html.escape
-    head = "<tr>" + "".join(f"<th>{esc(h)}</th>" for h in SUMMARY_HEADER) + "</tr>"
-    body = "".join(
-        f"<tr><th><a href='{esc(link)}'>{esc(row[0])}</a></th>"
-        + "".join(f"<td>{esc(c)}</td>" for c in row[1:])
-        + "</tr>"
-        for row, link in zip(summary_rows(reports), links, strict=True)
-    )
-    return _page(
-        "sweeper: one row per study", f"<h1>sweeper: one row per study</h1><table>{head}{body}</table>"
-    )
-
-
-def render_summary_text(reports: list[Report]) -> str:
-    """The table across studies for a terminal: fixed-width columns."""
-    rows = [SUMMARY_HEADER, *summary_rows(reports)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(SUMMARY_HEADER))]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows
     )

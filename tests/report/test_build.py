@@ -25,7 +25,8 @@ def test_a_clear_win_on_the_test_split_picks_fine_tuning(spec):
     assert report.gain == pytest.approx(0.10)
     low, high = report.gain_ci
     assert 0.01 <= low < report.gain < high
-    assert report.reason.startswith("rule: the interval's lower bound clears min_gain")
+    assert report.reason.startswith("rule: the lower bound clears min_gain")
+    assert (report.seeds, report.conclusive) == (3, True)  # a clear win stops at the first look
     assert report.cost_ratio == pytest.approx(60.0 / 3.0)  # (1 + 59) / (1 + 2) device-seconds
     assert report.gain_per_device_hour == pytest.approx(0.10 / (57.0 / 3600))
     # small data that frozen features already separate: the rule of thumb said freeze
@@ -33,19 +34,39 @@ def test_a_clear_win_on_the_test_split_picks_fine_tuning(spec):
     assert report.matrix.agreement == "disagrees"
 
 
-def test_a_gain_inside_the_noise_keeps_feature_extraction(spec):
+def test_a_gain_inside_the_noise_at_the_seed_budget_is_inconclusive_and_keeps_feature_extraction(tmp_path):
+    spec = load_spec(write_spec(tmp_path, budget={"confirm_seeds": 3, "max_confirm_seeds": 3}))
     report = confirmed_report(spec, [0.80, 0.80, 0.80], [0.78, 0.84, 0.84])
     assert report.gain == pytest.approx(0.02)  # above min_gain, but not reliably
-    assert report.decision == "feature_extraction"
-    assert report.gain_ci[0] < 0.01 and "inside the noise" in report.reason
+    assert report.decision == "feature_extraction" and report.conclusive is False
+    assert report.gain_ci[0] < 0.01 and report.reason.startswith("inconclusive: after 3 seeds")
+    assert report.to_json()["conclusive"] is False and "seed budget" in report.stopped
     assert report.matrix.agreement == "agrees"
+
+
+def test_a_gain_inside_the_noise_with_seeds_to_spare_is_not_yet_decided(tmp_path):
+    spec = load_spec(write_spec(tmp_path, budget={"confirm_seeds": 3, "max_confirm_seeds": 8}))
+    report = confirmed_report(spec, [0.80, 0.80, 0.80], [0.78, 0.84, 0.84])
+    assert report.decision == "feature_extraction" and report.conclusive is False
+    assert report.reason.startswith("provisional: confirmation is not finished")
 
 
 def test_a_loss_keeps_feature_extraction(spec):
     report = confirmed_report(spec, [0.80, 0.81, 0.79], [0.70, 0.71, 0.69])
     assert report.decision == "feature_extraction"
     assert report.gain == pytest.approx(-0.10) and report.gain_ci[1] < 0
-    assert "fine-tuning loses" in report.reason
+    assert "fine-tuning cannot reach min_gain" in report.reason and report.conclusive is True
+
+
+def test_a_report_made_while_the_study_runs_says_it_is_not_complete(spec):
+    study = make_study("maximize", [(0, 0.80, 2.0), (3, 0.90, 20.0)])  # 2 of the spec's 3 trials
+    report = build_report(study, spec)
+    assert report.complete is False and report.trials_note == "2 of 3 trials finished"
+    assert report.to_json()["complete"] is False
+    study.ask()  # a running trial
+    study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=0.5))
+    report = build_report(study, spec)
+    assert report.complete is False and report.trials_note == "3 of 3 trials finished, 1 running"
 
 
 def test_search_only_reports_are_provisional(spec):

@@ -1,4 +1,6 @@
-"""The decision rule on constructed gains, its intervals, and the decision-matrix reading."""
+"""The decision rule on constructed gains, the gain's estimate from paired runs, and the
+decision-matrix reading. (The interval's coverage and the sequential rule's error rates are
+checked by simulation in test_stats.py.)"""
 
 from __future__ import annotations
 
@@ -7,64 +9,45 @@ import pytest
 
 from sweeper.report.decision import (
     Gain,
-    bootstrap_interval,
     decide,
+    estimate_gain,
     normalised_probe,
-    paired_t_interval,
     read_matrix,
+    sequential_rule,
 )
+from sweeper.report.stats import GainEstimate
 
 
-def test_t_interval_of_paired_differences():
-    # mean 0.03, sd 0.01, t(0.975, df=2) = 4.3027: half-width 4.3027 * 0.01 / sqrt(3) = 0.02484
-    low, high = paired_t_interval([0.02, 0.03, 0.04])
-    assert (low, high) == pytest.approx((0.03 - 0.024841, 0.03 + 0.024841), abs=1e-5)
-    assert paired_t_interval([0.05]) is None  # one pair has no spread
+def _gain(value: float, se: float, seeds: int = 3, max_seeds: int = 8) -> Gain:
+    estimate = GainEstimate(value, se, df=50.0, seeds=seeds, examples=1000, seed_share=0.5)
+    return Gain(value, seeds, estimate, sequential_rule(0.01, 3, max_seeds).look(estimate))
 
 
-def test_bootstrap_interval_covers_the_mean_and_narrows_with_more_examples():
-    rng = np.random.default_rng(0)
-    small = rng.normal(0.03, 0.3, size=100)
-    large = rng.normal(0.03, 0.3, size=10_000)
-    low_s, high_s = bootstrap_interval(small)
-    low_l, high_l = bootstrap_interval(large)
-    assert low_s < small.mean() < high_s and low_l < large.mean() < high_l
-    assert high_l - low_l < (high_s - low_s) / 5
-    assert bootstrap_interval(small) == (low_s, high_s)  # seeded: the report is reproducible
-
-
-def test_a_clear_win_picks_fine_tuning():
-    gain = Gain(0.05, seeds=3, seed_ci=(0.04, 0.06), test_ci=(0.03, 0.07))
-    decision, reason = decide(gain, None, min_gain=0.01, metric="accuracy")
+def test_a_clear_win_picks_fine_tuning_at_the_first_look():
+    decision, reason = decide(_gain(0.05, 0.005), None, min_gain=0.01, metric="accuracy")
     assert decision == "fine_tuning"
-    assert reason.startswith("rule: the interval's lower bound clears min_gain 0.01")
+    assert reason.startswith("rule: the lower bound clears min_gain 0.01") and "over 3 paired seeds" in reason
 
 
-def test_a_gain_inside_the_noise_keeps_feature_extraction():
-    # the mean clears min_gain, but the interval does not: not enough evidence
-    gain = Gain(0.02, seeds=3, seed_ci=(-0.01, 0.05), test_ci=(0.0, 0.04))
-    decision, reason = decide(gain, None, min_gain=0.01, metric="accuracy")
+def test_a_gain_inside_the_noise_asks_for_more_seeds_then_ends_inconclusive():
+    # the mean clears min_gain, but the corrected interval does not
+    pending = decide(_gain(0.02, 0.01), None, 0.01, "accuracy")
+    assert pending[0] == "feature_extraction" and pending[1].startswith(
+        "provisional: confirmation is not finished"
+    )
+    decision, reason = decide(_gain(0.02, 0.01, seeds=8), None, 0.01, "accuracy")
     assert decision == "feature_extraction"
-    assert "inside the noise" in reason and "-0.0100 < min_gain 0.01" in reason
-
-
-def test_either_noise_source_alone_can_block_fine_tuning():
-    # tight over seeds, but the test set is too small to tell
-    gain = Gain(0.03, seeds=3, seed_ci=(0.025, 0.035), test_ci=(-0.01, 0.07))
-    assert gain.ci == (-0.01, 0.07)
-    assert decide(gain, None, 0.01, "accuracy")[0] == "feature_extraction"
+    assert reason.startswith("inconclusive: after 8 seeds") and "straddles min_gain 0.01" in reason
 
 
 def test_a_loss_keeps_feature_extraction_and_says_so():
-    gain = Gain(-0.05, seeds=3, seed_ci=(-0.07, -0.03), test_ci=(-0.08, -0.02))
-    decision, reason = decide(gain, None, min_gain=0.01, metric="accuracy")
-    assert decision == "feature_extraction" and "fine-tuning loses" in reason
+    decision, reason = decide(_gain(-0.05, 0.01), None, min_gain=0.01, metric="accuracy")
+    assert decision == "feature_extraction" and "fine-tuning cannot reach min_gain" in reason
 
 
 def test_one_seed_cannot_show_an_interval():
-    gain = Gain(0.2, seeds=1, seed_ci=None, test_ci=(0.15, 0.25))
-    decision, reason = decide(gain, None, 0.01, "accuracy")
-    assert decision == "feature_extraction" and "confirm_seeds ≥ 2" in reason
+    decision, reason = decide(Gain(0.2, seeds=1), None, 0.01, "accuracy")
+    assert decision == "feature_extraction" and "one confirmation seed gives no interval" in reason
 
 
 def test_search_only_is_provisional_and_reads_the_point_gain():
@@ -78,6 +61,21 @@ def test_a_missing_arm_decides_by_default():
     assert decide(None, "feature_extraction", 0.01, "accuracy")[0] == "fine_tuning"
 
 
+def test_the_gain_of_paired_runs_reads_every_seed_and_every_test_example():
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    fe = np.array([[0, 1, 0, 0, 0, 2], [0, 1, 2, 1, 0, 2]])  # 4/6 and 4/6 right
+    ft = np.array([[0, 1, 2, 0, 1, 2], [0, 1, 2, 0, 0, 2]])  # 6/6 and 5/6 right
+    zeros = np.zeros((2, 6))
+    estimate = estimate_gain("accuracy", 1.0, labels, (fe, ft), (zeros, zeros), [2 / 6, 1 / 6])
+    assert estimate.gain == pytest.approx(0.25) and (estimate.seeds, estimate.examples) == (2, 6)
+    low, high = estimate.interval()
+    assert low < 0.25 < high
+    # macro-F1 does not average over examples: its example part is a bootstrap variance
+    f1 = estimate_gain("macro_f1", 1.0, labels, (fe, ft), (zeros, zeros), [0.3, 0.2])
+    assert f1.gain == pytest.approx(0.25) and f1.se > 0
+    assert estimate_gain("accuracy", 1.0, labels[:5], (fe, ft), (zeros, zeros), [0.3, 0.2]) is None
+
+
 @pytest.mark.parametrize(
     ("per_class", "probe", "decision", "quadrant", "agreement"),
     [
@@ -89,14 +87,14 @@ def test_a_missing_arm_decides_by_default():
     ],
 )
 def test_matrix_quadrants_and_agreement(per_class, probe, decision, quadrant, agreement):
-    reading = read_matrix(per_class, probe, decision, Gain(0.0, 3, (-0.01, 0.01)))
+    reading = read_matrix(per_class, probe, decision, _gain(0.0, 0.005))
     assert reading["quadrant"] == quadrant and reading["agreement"] == agreement
 
 
 def test_large_similar_data_agrees_unless_fine_tuning_clearly_hurts():
     # the rule of thumb there: "fine-tuning the top rarely hurts; measure"
-    harmless = read_matrix(5000, 0.9, "feature_extraction", Gain(0.0, 3, (-0.01, 0.01)))
-    harmful = read_matrix(5000, 0.9, "feature_extraction", Gain(-0.05, 3, (-0.07, -0.03)))
+    harmless = read_matrix(5000, 0.9, "feature_extraction", _gain(0.0, 0.005))
+    harmful = read_matrix(5000, 0.9, "feature_extraction", _gain(-0.05, 0.01))
     assert harmless["agreement"] == "agrees" and harmful["agreement"] == "disagrees"
 
 

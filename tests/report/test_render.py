@@ -8,7 +8,8 @@ import dataclasses
 import pytest
 
 from sweeper.report import build_report
-from sweeper.report.render import arm_rows, headline, render_html, render_markdown, render_summary_text
+from sweeper.report.render import arm_rows, headline, render_html, render_markdown
+from sweeper.report.summary import render_summary_text
 from sweeper.spec import load_spec
 from tests.conftest import write_spec
 from tests.report.studies import DATASET, PROBE, confirmed_report, make_study
