@@ -45,8 +45,7 @@ def timed(command: list[str], cwd: Path, env: dict) -> float:
     return time.perf_counter() - started
 
 
-def measure(name: str, revision: str | None, work: Path) -> dict:
-    source = checkout(revision, work / name)
+def measure(name: str, revision: str | None, source: Path, work: Path) -> dict:
     env = {
         **os.environ,
         "PYTHONPATH": str(source),
@@ -69,9 +68,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "time_to_decision.json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sweeper-bench-") as work:
-        results = {
-            name: measure(name, rev, Path(work)) for name, rev in (("before", args.before), ("after", None))
-        }
+        versions = (("before", args.before), ("after", None))
+        # both checked out first: the working tree as it is now, whatever changes while "before" runs
+        sources = {name: checkout(rev, Path(work) / name) for name, rev in versions}
+        results = {name: measure(name, rev, sources[name], Path(work)) for name, rev in versions}
     args.out.write_text(json.dumps(results, indent=2) + "\n")
 
 

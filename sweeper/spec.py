@@ -102,7 +102,8 @@ class BudgetSection(_Section):
     fe_trials: Annotated[int, Field(ge=0)] = 24
     pruner: Literal["none", "median", "hyperband"] = "hyperband"
     confirm_seeds: Annotated[int, Field(ge=1, le=20)] = 3  # paired seeds per arm to start with
-    max_confirm_seeds: Annotated[int, Field(ge=1, le=50)] = 8  # more while the interval straddles
+    # more seeds while the interval straddles min_gain, up to this (an interval needs two)
+    max_confirm_seeds: Annotated[int, Field(ge=2, le=50)] = 8
 
     @model_validator(mode="after")
     def _seed_budget_holds_the_start(self) -> BudgetSection:

@@ -54,6 +54,19 @@ def test_lr_ratio_above_one_is_refused(tmp_path):
     assert "lr_ratio" in message and "(0, 1]" in message
 
 
+def test_a_seed_budget_below_the_starting_seeds_or_below_two_is_refused(tmp_path):
+    message = _error_for(tmp_path, budget={"confirm_seeds": 5, "max_confirm_seeds": 4})
+    assert "max_confirm_seeds is 4, but must be at least confirm_seeds (5)" in message
+    assert "[budget] max_confirm_seeds is 1" in _error_for(tmp_path, budget={"confirm_seeds": 1, "max_confirm_seeds": 1})
+
+
+def test_the_defaults_follow_the_practice(tmp_path):
+    spec = load_spec(write_spec(tmp_path, search={"lr_ratio": None}, budget={"fe_trials": None}, train={}))
+    assert spec.search.lr_ratio == (0.01, 0.1)  # the backbone 10x to 100x slower than the head
+    assert spec.budget.fe_trials == 24 and spec.budget.max_confirm_seeds == 3  # (write_spec sets 3)
+    assert (spec.train.rollback, spec.train.schedule, spec.train.warmup) == (True, "linear", 0.1)
+
+
 def test_unknown_metric_lists_the_allowed_ones(tmp_path):
     message = _error_for(tmp_path, study={"metric": "auc"})
     assert "[study] metric is 'auc'" in message

@@ -53,7 +53,7 @@ class Gain:
 
 
 def sequential_rule(min_gain: float, confirm_seeds: int, max_confirm_seeds: int) -> SequentialRule:
-    return SequentialRule(min_gain, confirm_seeds, max(max_confirm_seeds, 2), ERROR)
+    return SequentialRule(min_gain, confirm_seeds, max_confirm_seeds, ERROR)
 
 
 def estimate_gain(
@@ -130,7 +130,7 @@ def decide(gain: Gain | None, missing: str | None, min_gain: float, metric: str)
     if gain.look is None:
         return "feature_extraction", (
             f"rule: one confirmation seed gives no interval, and fine-tuning needs its lower bound "
-            f"≥ min_gain {min_gain:g} ({shown}); set [budget] max_confirm_seeds ≥ 2"
+            f"≥ min_gain {min_gain:g} ({shown}); run `python -m sweeper report` to add seeds"
         )
     return _read_look(gain, gain.look, min_gain, shown)
 
