@@ -40,7 +40,9 @@ def make_pruner(spec: Spec) -> optuna.pruners.BasePruner:
     if spec.budget.pruner == "none":
         return optuna.pruners.NopPruner()
     if spec.budget.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+        # a trial is judged at a step only against 3 others there: else the first fine-tuning trial
+        # to reach a step (the strong full fine-tuning baseline) would prune every later one
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1, n_min_trials=3)
     return optuna.pruners.HyperbandPruner(
         min_resource=1, max_resource=max_total_epochs(spec.search), reduction_factor=3
     )
