@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from sweeper.search_space import ArmBudget
+from sweeper.budget import ArmBudget
 from sweeper.spec import Spec
 
 DEFAULT_STORAGE = "sqlite:///sweeper.db"

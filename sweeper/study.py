@@ -14,6 +14,7 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
+from sweeper.budget import ArmBudget
 from sweeper.errors import UserError
 from sweeper.records import (
     FEATURE_EXTRACTION,
@@ -25,7 +26,7 @@ from sweeper.records import (
     worker_id,
 )
 from sweeper.recovery import reap_stale_trials
-from sweeper.search_space import ArmBudget, baseline_configs, max_total_epochs
+from sweeper.search_space import baseline_configs, max_total_epochs
 from sweeper.spec import Spec
 from sweeper.storage import StudyLock
 

@@ -77,27 +77,6 @@ def test_a_practice_ratio_outside_the_range_is_moved_into_it():
     assert tuned.lr_ratio == 0.2 and tuned.unfrozen_blocks == 4  # no feature-extraction baseline: 0 is out
 
 
-def _budget_of(tmp_path, blocks, fe_trials, trials=5, flag=None):
-    from sweeper.search_space import ArmBudget
-    from sweeper.spec import load_spec
-    from tests.conftest import write_spec
-
-    spec = load_spec(
-        write_spec(
-            tmp_path, search={"unfrozen_blocks": blocks}, budget={"trials": trials, "fe_trials": fe_trials}
-        )
-    )
-    return ArmBudget.of(spec, flag)
-
-
-def test_each_arm_has_its_budget_only_where_the_space_holds_both(tmp_path):
-    assert (_budget_of(tmp_path, [0, 2], 24).fe_trials, _budget_of(tmp_path, [0, 2], 24).total) == (24, 29)
-    assert _budget_of(tmp_path, [0, 2], 24, flag=7).total == 31  # --trials sets the fine-tuning arm's
-    assert not _budget_of(tmp_path, [0, 2], 0).separate  # fe_trials = 0: one shared budget
-    assert _budget_of(tmp_path, [1, 2], 24).total == 5  # no feature extraction in the space
-    assert _budget_of(tmp_path, 0, 24).total == 5  # feature extraction only
-
-
 @settings(max_examples=30, deadline=None)
 @given(space=_spaces(), arm=st.sampled_from(["feature_extraction", "fine_tuning"]))
 def test_a_trial_claimed_for_an_arm_draws_only_that_arm(space, arm):

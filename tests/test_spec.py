@@ -57,7 +57,9 @@ def test_lr_ratio_above_one_is_refused(tmp_path):
 def test_a_seed_budget_below_the_starting_seeds_or_below_two_is_refused(tmp_path):
     message = _error_for(tmp_path, budget={"confirm_seeds": 5, "max_confirm_seeds": 4})
     assert "max_confirm_seeds is 4, but must be at least confirm_seeds (5)" in message
-    assert "[budget] max_confirm_seeds is 1" in _error_for(tmp_path, budget={"confirm_seeds": 1, "max_confirm_seeds": 1})
+    assert "[budget] max_confirm_seeds is 1" in _error_for(
+        tmp_path, budget={"confirm_seeds": 1, "max_confirm_seeds": 1}
+    )
 
 
 def test_the_defaults_follow_the_practice(tmp_path):

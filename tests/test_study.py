@@ -119,7 +119,7 @@ def test_a_trials_model_is_freed_before_the_next_trial(workdir, tracking_uri, lo
     from sweeper.storage import StudyLock, make_storage
     from sweeper.study import run_trials
 
-    runtime = runtime_for(write_spec(workdir, search={"head_epochs": 2}))
+    runtime = runtime_for(write_spec(workdir, search={"head_epochs": 1}))
     objective = make_objective(runtime, StudyTracker(tracking_uri, "gc"))
     storage = make_storage(f"sqlite:///{workdir / 'gc.db'}")
     study = optuna.create_study(
@@ -128,7 +128,8 @@ def test_a_trials_model_is_freed_before_the_next_trial(workdir, tracking_uri, lo
         direction="maximize",
         pruner=optuna.pruners.ThresholdPruner(lower=lower),
     )
-    study.enqueue_trial({"unfrozen_blocks": 0})
+    # a fine-tuning trial (feature extraction is never pruned), judged after its first block unfreezes
+    study.enqueue_trial({"unfrozen_blocks": 1, "lr_ratio": 0.05, "stage_epochs": 1, "blocks_per_stage": 1})
 
     def alive() -> list[BlockModel]:
         return [o for o in gc.get_objects() if isinstance(o, BlockModel)]

@@ -15,6 +15,7 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from sweeper.budget import ArmBudget
 from sweeper.confirm import RuntimeFactory, Say, best_trials, confirm, frozen_probe
 from sweeper.data import Splits
 from sweeper.errors import UserError
@@ -40,7 +41,6 @@ from sweeper.report.model import (
     StudyCost,
 )
 from sweeper.rollback import ROLLED_BACK
-from sweeper.search_space import ArmBudget
 from sweeper.spec import Spec
 
 
