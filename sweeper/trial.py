@@ -54,15 +54,16 @@ def run_trial(
     steps = _EpochSteps(runtime, trial, record.run, progress)
     try:
         fitted = fit(runtime, config, trial_seed(trial.number), steps, record.timing)
+        value = fitted.final.val[runtime.spec.study.metric]
+        # inside the try: an interrupt while the records are written still fails the trial with why
+        record.stages(fitted.final.epoch, fitted.stages)
+        record.end("COMPLETE", value=value)
     except optuna.TrialPruned as exc:
         record.end("PRUNED", reason=str(exc))
         raise
     except BaseException as exc:
         record.end("FAIL", reason=_failure_reason(exc))
         raise
-    value = fitted.final.val[runtime.spec.study.metric]
-    record.stages(fitted.final.epoch, fitted.stages)
-    record.end("COMPLETE", value=value)
     return value
 
 
@@ -107,13 +108,15 @@ class _TrialRecord:
         self.run.log_epoch(0, {"best_epoch": best_epoch})
 
     def end(self, state: str, value: float | None = None, reason: str = "") -> None:
+        """Write the trial's seconds and reason and end its run. Again after an interrupted
+        ``end("COMPLETE")``: the trial gets its reason (the run stays as first ended)."""
         wall = time.perf_counter() - self.started
+        if reason:  # first: should a record below fail (an interrupted MLflow writer), the trial says why
+            kind = TrialAttr.FAIL_REASON if state == "FAIL" else TrialAttr.PRUNE_REASON
+            self.trial.set_user_attr(kind, reason)
         self.run.created()  # its id is on the trial before the trial ends (usually long since)
         seconds = {"wall": wall, "device": self.timing.device, "bookkeeping": self.timing.bookkeeping}
         self.trial.set_user_attr(TrialAttr.SECONDS, seconds)  # one write
-        if reason:
-            kind = TrialAttr.FAIL_REASON if state == "FAIL" else TrialAttr.PRUNE_REASON
-            self.trial.set_user_attr(kind, reason)
         metrics = {f"{kind}_seconds": spent for kind, spent in seconds.items()}
         if value is not None:
             metrics["value"] = value
