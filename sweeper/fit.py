@@ -66,7 +66,6 @@ class FitEpoch:
     plan: StagePlan
     forgetting: dict[str, float] | None  # at the end of a fine-tuning stage: the figures, as metrics
     forgetting_history: tuple[dict, ...]  # every stage measured so far
-    value: float  # the run's value if it stopped now: its best epoch so far (with rollback), else this one
 
 
 @dataclass(frozen=True)
@@ -107,7 +106,7 @@ def fit(
     groups = method.param_groups(model, plan, config.lr_ratio)
     optimizer = make_optimizer(groups, config.head_lr, spec.train.weight_decay)
     settings = train_settings(runtime, seed=spec.study.seed + seed)
-    after_epoch = _AfterEpoch(plan, meter, on_epoch, timing, settings)
+    after_epoch = _AfterEpoch(plan, meter, on_epoch, timing)
     started = time.perf_counter()
     try:
         staged = train_staged(
@@ -164,29 +163,12 @@ class _AfterEpoch:
     """What `fit` does after each epoch: the forgetting figures at a stage end (the run's work),
     then the caller's step (its bookkeeping, timed apart)."""
 
-    def __init__(
-        self,
-        plan: StagePlan,
-        meter: ForgettingMeter | None,
-        on_epoch,
-        timing: Timing,
-        settings: TrainSettings,
-    ) -> None:
+    def __init__(self, plan: StagePlan, meter: ForgettingMeter | None, on_epoch, timing: Timing) -> None:
         self.plan = plan
         self.meter = meter
         self.on_epoch = on_epoch
         self.timing = timing
-        self.settings = settings
-        self.best: float | None = None
         self.seconds = 0.0  # spent in the caller's step
-
-    def _value(self, result: EpochResult) -> float:
-        value = result.val[self.settings.metric]
-        if not self.settings.rollback:
-            return value
-        if self.best is None or (value > self.best if self.settings.maximize else value < self.best):
-            self.best = value
-        return self.best
 
     def __call__(self, result: EpochResult) -> None:
         figures = None
@@ -195,7 +177,7 @@ class _AfterEpoch:
         history = tuple(self.meter.history) if self.meter is not None else ()
         started = time.perf_counter()
         try:
-            self.on_epoch(FitEpoch(result, self.plan, figures, history, self._value(result)))
+            self.on_epoch(FitEpoch(result, self.plan, figures, history))
         finally:
             spent = time.perf_counter() - started
             self.seconds += spent

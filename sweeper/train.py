@@ -36,6 +36,8 @@ class EpochResult:
     val: dict[str, float]
     seconds: float
     val_features: torch.Tensor | None = None  # pooled, on the CPU, when the caller asked for them
+    # the run's value if it stopped now: its best epoch so far (with rollback), else this one
+    value: float | None = None
 
 
 @dataclass
@@ -98,8 +100,10 @@ def train_staged(
         for _ in range(stage.epochs):
             result = epochs.run(stage, len(results), train_data, val_data, schedule)
             results.append(result)
+            result.value = result.val[settings.metric]
             if best is not None:
                 best.offer(result.epoch, result.val)
+                result.value = best.best_value
             on_epoch(result)
         if best is not None:
             outcomes.append(best.end_stage(stage.index, results[-1].val))

@@ -140,7 +140,7 @@ class _EpochSteps:
         self._keep_forgetting(epoch)
         self._show_progress(epoch, epoch.result.val[self.metric])
         # the trial's value if it stopped here (its best epoch so far, with rollback)
-        self._report_or_prune(epoch, epoch.value)
+        self._report_or_prune(epoch, epoch.result.value)
 
     def _log(self, epoch: FitEpoch) -> None:
         self.run.log_epoch(epoch.result.epoch, _epoch_metrics(epoch))
