@@ -28,6 +28,7 @@ class RawData:
     labels: list[int]
     classes: list[str]
     description: str
+    dropped: int = 0  # examples left out under [data] on_missing = "drop"
 
 
 Loader = Callable[[DataSection, Spec], RawData]

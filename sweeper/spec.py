@@ -60,6 +60,9 @@ class DataSection(_Section):
     val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.15
     test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.15
     image_size: Annotated[int, Field(ge=8)] | None = None
+    # examples the file cannot give (an empty text or label, a corrupt image): "refuse" names
+    # them and stops; "drop" leaves them out, counted in the log and the report
+    on_missing: Literal["refuse", "drop"] = "refuse"
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> DataSection:
@@ -155,7 +158,10 @@ class Spec(_Section):
         return {
             "search": self.search.model_dump(mode="json"),
             "model": self.model.model_dump(mode="json"),
-            "data": self.data.model_dump(mode="json"),
+            # on_missing stays out: rows it drops change the examples, and the data's own digest
+            # in the study's identity refuses that; a spec that only names the default again
+            # (or whose file has nothing to drop) is the same study
+            "data": self.data.model_dump(mode="json", exclude={"on_missing"}),
             "metric": self.study.metric,
             "seed": self.study.seed,
             # how each trial trains (where it runs aside): another setting, other values

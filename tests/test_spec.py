@@ -120,3 +120,18 @@ def test_lr_ratio_is_a_positive_range_that_never_lets_the_backbone_outrun_the_he
 @given(value=st.integers(1, 9))
 def test_a_fixed_value_is_its_own_range(value):
     assert bounds(SearchSection(head_epochs=value).head_epochs) == (value, value)
+
+
+def test_on_missing_refuses_by_default_and_takes_only_refuse_or_drop(tmp_path):
+    assert load_spec(write_spec(tmp_path)).data.on_missing == "refuse"
+    assert load_spec(write_spec(tmp_path, data={"on_missing": "drop"})).data.on_missing == "drop"
+    message = _error_for(tmp_path, data={"on_missing": "skip"})
+    assert "[data] on_missing is 'skip'" in message and "'refuse'" in message and "'drop'" in message
+
+
+def test_on_missing_is_not_part_of_the_study_s_identity(tmp_path):
+    # rows it drops change the data, which the data digest catches; the key itself changes nothing
+    # measured, so a study made before the key existed keeps its identity
+    refuse = load_spec(write_spec(tmp_path)).search_fingerprint()
+    drop = load_spec(write_spec(tmp_path, data={"on_missing": "drop"})).search_fingerprint()
+    assert refuse == drop and "on_missing" not in refuse["data"]
