@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 
 from sweeper.digests import digest, tensor_digest
 from sweeper.errors import UserError
+from sweeper.images import decodable_images
 from sweeper.spec import DataSection, Spec
 
 
@@ -128,8 +129,9 @@ def _load_imagefolder(data: DataSection, spec: Spec) -> RawData:
         folder = ImageFolder(str(path))
     except (FileNotFoundError, RuntimeError) as exc:
         raise UserError(f"[data] path {path} is not an ImageFolder (one folder per class): {exc}") from None
-    files = [p for p, _ in folder.samples]
-    return RawData("image", files, [t for _, t in folder.samples], list(folder.classes), str(path))
+    samples = folder.samples
+    files, labels, _ = decodable_images([p for p, _ in samples], [t for _, t in samples], path, drop=False)
+    return RawData("image", files, labels, list(folder.classes), str(path))
 
 
 # VADER: mean human rating in [-4, 4]; the 3-class reading of DESIGN.md
