@@ -129,9 +129,9 @@ def _load_imagefolder(data: DataSection, spec: Spec) -> RawData:
         folder = ImageFolder(str(path))
     except (FileNotFoundError, RuntimeError) as exc:
         raise UserError(f"[data] path {path} is not an ImageFolder (one folder per class): {exc}") from None
-    samples = folder.samples
-    files, labels, _ = decodable_images([p for p, _ in samples], [t for _, t in samples], path, drop=False)
-    return RawData("image", files, labels, list(folder.classes), str(path))
+    samples, drop = folder.samples, data.on_missing == "drop"
+    files, labels, dropped = decodable_images([p for p, _ in samples], [t for _, t in samples], path, drop)
+    return RawData("image", files, labels, list(folder.classes), str(path), dropped)
 
 
 # VADER: mean human rating in [-4, 4]; the 3-class reading of DESIGN.md

@@ -93,15 +93,14 @@ def test_many_broken_images_name_the_first_few_and_count_the_rest(tmp_path):
     assert f"cat/bad{SHOWN:02d}.png" not in message and "and 7 more" in message
 
 
-def test_dropped_images_are_skipped_counted_and_logged(tmp_path, caplog):
+def test_with_on_missing_drop_broken_images_are_skipped_counted_and_logged(tmp_path, caplog):
     root = _image_folder(tmp_path / "images")
     broken = {str(root / name) for name in _add_broken_files(root)}
-    paths = sorted(str(p) for p in root.rglob("*.*"))
-    labels = [0 if "/cat/" in p else 1 for p in paths]
-    kept, kept_labels, dropped = decodable_images(paths, labels, root, drop=True)
-    assert dropped == 3 and not broken & set(kept) and len(kept) == 8
-    assert kept_labels == [0 if "/cat/" in p else 1 for p in kept]  # labels stay with their files
-    assert "3 of 11 images" in caplog.text and "dog/notes.jpg" in caplog.text
+    raw = load_raw(load_spec(_image_spec(tmp_path, root, on_missing="drop")))
+    assert raw.dropped == 3 and len(raw.examples) == 8 and not broken & set(raw.examples)
+    # labels stay with their files
+    assert raw.labels == [raw.classes.index(Path(p).parent.name) for p in raw.examples]
+    assert "3 of 11 images" in caplog.text and "dog/notes.jpg" in caplog.text and "dropped" in caplog.text
 
 
 def test_every_image_is_checked_in_order_whatever_the_thread_pool_does(tmp_path):
