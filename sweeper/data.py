@@ -3,8 +3,7 @@ examples into model inputs once per dataset (tokenization happens here, never pe
 
 from __future__ import annotations
 
-import csv
-import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,10 @@ from torch.utils.data import Dataset
 from sweeper.digests import digest, tensor_digest
 from sweeper.errors import UserError
 from sweeper.images import decodable_images
+from sweeper.readers import TextRows, read_csv, read_jsonl
 from sweeper.spec import DataSection, Spec
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -91,33 +93,22 @@ def _data_path(data: DataSection, spec: Spec, want_dir: bool = False) -> Path:
 @loader("csv")
 def _load_csv(data: DataSection, spec: Spec) -> RawData:
     path = _data_path(data, spec)
-    with path.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    return _text_rows(rows, data, str(path))
+    return _text_data(read_csv(path, data.text_column, data.label_column, data.on_missing), path)
 
 
 @loader("jsonl")
 def _load_jsonl(data: DataSection, spec: Spec) -> RawData:
     path = _data_path(data, spec)
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise UserError(f"[data] {path} line {number} is not JSON: {exc}") from None
-    return _text_rows(rows, data, str(path))
+    return _text_data(read_jsonl(path, data.text_column, data.label_column, data.on_missing), path)
 
 
-def _text_rows(rows: list[dict], data: DataSection, where: str) -> RawData:
-    if not rows:
-        raise UserError(f"[data] {where} holds no rows")
-    for key, column in (("text_column", data.text_column), ("label_column", data.label_column)):
-        if column not in rows[0]:
-            raise UserError(f"[data] {key} is {column!r}, but {where} has columns {sorted(rows[0])}")
-    texts = [str(row[data.text_column]) for row in rows]
-    labels, classes = _labels_to_indices([row[data.label_column] for row in rows])
-    return RawData("text", texts, labels, classes, where)
+def _text_data(rows: TextRows, path: Path) -> RawData:
+    if rows.dropped:
+        log.warning(
+            '[data] %s: %d rows with an empty text or label dropped (on_missing = "drop")', path, rows.dropped
+        )
+    labels, classes = _labels_to_indices(rows.labels)
+    return RawData("text", rows.texts, labels, classes, str(path), rows.dropped)
 
 
 @loader("imagefolder")

@@ -191,3 +191,27 @@ def test_the_cli_caches_in_cache_dir_and_not_with_no_cache(workdir, tracking_uri
     monkeypatch.setenv("SWEEPER_CACHE_DIR", str(workdir / "default"))
     assert main(["study", str(spec), "--trials", "2", *common, "--no-cache"]) == 0
     assert not list((workdir / "default").glob("*/*.safetensors"))
+
+
+# (a bad data file as users meet it, what the one message must say)
+BAD_DATA = {
+    "latin-1": ("text,label\ngood,pos\ncafé,neg\n".encode("latin-1"), ["line 3", "expected UTF-8", "iconv"]),
+    "empty label": (
+        b"text,label\ngood,pos\nbad,\n",
+        ["column 'label' is empty in 1 row (row 3)", "on_missing"],
+    ),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(BAD_DATA))
+def test_a_bad_csv_ends_the_study_with_one_line_exit_code_2_and_nothing_written(case, workdir):
+    content, said = BAD_DATA[case]
+    spec = write_spec(workdir)
+    (workdir / "tiny.csv").write_bytes(content)
+    result = _sweeper("study", str(spec), cwd=workdir)
+    out = result.stdout + result.stderr
+    assert result.returncode == 2, out[-2000:]
+    assert "Traceback" not in out and len(out.strip().splitlines()) == 1, out
+    assert str(workdir / "tiny.csv") in out and all(part in out for part in said), out
+    _nothing_written(workdir)

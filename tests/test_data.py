@@ -84,6 +84,33 @@ def test_a_jsonl_line_that_is_not_json_is_named(tmp_path):
         load_raw(spec)
 
 
+def _csv_spec(tmp_path, content: bytes, **data):
+    (tmp_path / "rows.csv").write_bytes(content)
+    return load_spec(write_spec(tmp_path, data={"path": "rows.csv", **data}))
+
+
+# 2 real classes, an empty label and a short row: these once became classes '' and 'None'
+_ROWS = "".join(f"w{i},{'ab'[i % 2]}\n" for i in range(8)).encode()
+_HOLEY = b"text,label\n" + _ROWS + b"odd,\nshort\n"
+
+
+def test_empty_and_missing_labels_are_refused_not_made_into_classes(tmp_path):
+    with pytest.raises(UserError) as caught:
+        load_raw(_csv_spec(tmp_path, _HOLEY))
+    assert "column 'label' is empty in 2 rows (rows 10, 11)" in str(caught.value)
+
+
+def test_on_missing_drop_loads_the_complete_rows_and_logs_the_count(tmp_path, caplog):
+    raw = load_raw(_csv_spec(tmp_path, _HOLEY, on_missing="drop"))
+    assert raw.classes == ["a", "b"] and len(raw.labels) == 8 and raw.dropped == 2
+    assert "2 rows with an empty text or label dropped" in caplog.text
+
+
+def test_a_csv_with_a_spreadsheet_s_byte_order_mark_loads_by_its_first_column(tmp_path):
+    raw = load_raw(_csv_spec(tmp_path, "\ufefftext,label\n".encode() + _ROWS))
+    assert raw.examples[0] == "w0" and raw.classes == ["a", "b"] and raw.dropped == 0
+
+
 def test_a_class_with_too_few_examples_for_three_splits_is_refused(tmp_path):
     rows = "text,label\n" + "".join(f"w{i},a\n" for i in range(10)) + "x,b\ny,b\n"
     (tmp_path / "few.csv").write_text(rows)
