@@ -7,17 +7,33 @@ command-line flag > environment variable > spec file > built-in default.
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sweeper.errors import UserError
+from sweeper.spec_messages import allowed_keys, describe_validation_error
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # TOML reads `inf` and `nan` as floats: no setting takes them
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _true_and_false_only_for_switches(cls, values: Any) -> Any:
+        # pydantic reads true as 1: `trials = true` would run one trial
+        for key, value in values.items() if isinstance(values, dict) else ():
+            field = cls.model_fields.get(key)
+            members = value if isinstance(value, list | tuple) else [value]
+            if field and field.annotation is not bool and any(isinstance(v, bool) for v in members):
+                raise ValueError(
+                    f"{key} is true/false, but only on/off keys (such as [train] rollback) take that"
+                )
+        return values
 
 
 IntRange = Annotated[int, Field(ge=0)] | tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]]
@@ -34,10 +50,37 @@ def bounds(value: Any) -> tuple[Any, Any]:
     return (value[0], value[1]) if isinstance(value, tuple) else (value, value)
 
 
+# The study name is a folder name (reports/<name>/, and the temporary names it is written under),
+# a link target in the table across studies, the MLflow experiment and run names, the Optuna study
+# name, and something users type in shell commands: ASCII letters, digits and . _ - only (no space,
+# no slash), a letter or digit first (no hidden folder, no "..", nothing that reads as a flag), and
+# at most 100 characters (a file name holds 255 bytes, an MLflow run name 250).
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+STUDY_NAME_RULE = (
+    "use 1–100 characters: letters, digits and . _ - (no spaces), starting with a letter or "
+    'digit, such as "vader-minilm" (it names the report folder, the MLflow experiment and the Optuna study)'
+)
+SEED_MAX = 2**32 - 1  # numpy's seed range
+
+
 class StudySection(_Section):
-    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")]
+    name: str
     metric: Literal["accuracy", "macro_f1", "loss"] = "accuracy"
     seed: int = 0
+
+    @field_validator("name")
+    @classmethod
+    def _name_suits_files_and_stores(cls, name: str) -> str:
+        if not STUDY_NAME.fullmatch(name):
+            raise ValueError(STUDY_NAME_RULE)
+        return name
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_in_numpy_range(cls, seed: int) -> int:
+        if not 0 <= seed <= SEED_MAX:
+            raise ValueError(f"use a whole number from 0 to {SEED_MAX} (2**32 - 1, the seeds numpy takes)")
+        return seed
 
     @property
     def direction(self) -> str:
@@ -175,14 +218,31 @@ def load_spec(path: str | Path) -> Spec:
     if not path.is_file():
         raise UserError(f"{path}: no such spec file; pass a TOML file such as studies/vader.toml")
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        text = path.read_text(encoding="utf-8-sig")  # a BOM, as some editors write it, is read
+    except UnicodeDecodeError as exc:
+        raise UserError(
+            f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot be read: {exc.strerror}") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise UserError(
+            f"{path}: arrays or inline tables nest too deeply to read; a spec holds [section] tables "
+            "of key = value, where a value is a number, a string, true/false or a [low, high] list"
+        ) from None
+    if "source_path" in raw:  # a field of the loaded spec, not a key of the file
+        raise UserError(
+            f"{path}: [source_path] is not a known key; allowed: {', '.join(allowed_keys(Spec, ()))}"
+        )
     _lists_to_tuples(raw)
     try:
         return Spec.model_validate({**raw, "source_path": path.resolve()})
     except ValidationError as exc:
-        raise UserError(_describe_validation_error(path, exc)) from None
+        raise UserError(describe_validation_error(path, exc, Spec)) from None
 
 
 def _lists_to_tuples(raw: dict[str, Any]) -> None:
@@ -191,52 +251,6 @@ def _lists_to_tuples(raw: dict[str, Any]) -> None:
             for key, value in section.items():
                 if isinstance(value, list):
                     section[key] = tuple(value)
-
-
-def _describe_validation_error(path: Path, exc: ValidationError) -> str:
-    lines = []
-    seen: set[tuple[Any, ...]] = set()
-    for error in exc.errors():
-        loc = tuple(str(part) for part in error["loc"] if not str(part).isdigit())
-        # a union (fixed value | range) reports once per member; say it once
-        loc = tuple(part for part in loc if not _is_union_member_label(part))
-        if loc in seen:
-            continue
-        seen.add(loc)
-        lines.append(f"{path}: {_describe_one(loc, error)}")
-    return "\n".join(lines)
-
-
-def _is_union_member_label(part: str) -> bool:
-    return part in {"int", "float", "str", "tuple[int,int]", "tuple[float,float]"} or (
-        part.startswith(("constrained-", "tuple[", "function-"))
-    )
-
-
-def _describe_one(loc: tuple[str, ...], error: dict[str, Any]) -> str:
-    section, key = (loc[0], ".".join(loc[1:])) if loc else ("", "")
-    where = f"[{section}] {key}".strip() if key else f"[{section}]"
-    kind = error["type"]
-    if kind == "extra_forbidden":
-        allowed = _allowed_keys(loc)
-        return f"{where} is not a known key; allowed: {', '.join(allowed)}"
-    if kind == "missing":
-        return f"{where} is missing"
-    shown = error.get("input")
-    shown = list(shown) if isinstance(shown, tuple) else shown
-    message = error["msg"].removeprefix("Value error, ")
-    if kind in {"literal_error"}:
-        return f"{where} is {shown!r}, but {message[0].lower()}{message[1:]}"
-    if isinstance(shown, dict):
-        return f"{where}: {message}"
-    return f"{where} is {shown!r}: {message}"
-
-
-def _allowed_keys(loc: tuple[str, ...]) -> list[str]:
-    if len(loc) == 1:
-        return [k for k in Spec.model_fields if k != "source_path"]
-    section_model = Spec.model_fields[loc[0]].annotation
-    return list(section_model.model_fields) if section_model else []
 
 
 def geometric_mid(low: float, high: float) -> float:

@@ -135,3 +135,93 @@ def test_on_missing_is_not_part_of_the_study_s_identity(tmp_path):
     refuse = load_spec(write_spec(tmp_path)).search_fingerprint()
     drop = load_spec(write_spec(tmp_path, data={"on_missing": "drop"})).search_fingerprint()
     assert refuse == drop and "on_missing" not in refuse["data"]
+
+
+def test_a_study_name_too_long_for_a_file_name_is_refused_shortened_with_the_rule_and_an_example(tmp_path):
+    message = _error_for(tmp_path, study={"name": "a" * 300})
+    assert "[study] name is 'aaaa" in message and "(300 characters)" in message
+    assert "a" * 100 not in message  # the value is shortened, the message stays one line
+    assert "1–100 characters" in message and "letters, digits and . _ -" in message
+    assert '"vader-minilm"' in message
+
+
+def test_a_study_name_of_up_to_100_letters_digits_dots_dashes_and_underscores_is_taken(tmp_path):
+    for name in ("x", "vader-minilm_v2.1", "A" + "b" * 99):
+        assert load_spec(write_spec(tmp_path, study={"name": name})).study.name == name
+    assert "1–100 characters" in _error_for(tmp_path, study={"name": "A" + "b" * 100})
+
+
+@pytest.mark.parametrize(
+    "name", ["", "my study", "a/b", "../up", ".hidden", "-flag", "_x", "café", "tab\there"]
+)
+def test_a_study_name_unsafe_as_a_folder_or_in_a_shell_is_refused(tmp_path, name):
+    # spaces: the name is typed in shell commands and is a link target in the table across studies
+    message = _error_for(tmp_path, study={"name": name})
+    assert "[study] name is" in message and "starting with a letter or digit" in message
+
+
+def test_the_seed_is_one_numpy_takes(tmp_path):
+    assert load_spec(write_spec(tmp_path, study={"seed": 2**32 - 1})).study.seed == 2**32 - 1
+    for seed in (-1, 2**32, 2**63 - 1):
+        message = _error_for(tmp_path, study={"seed": seed})
+        assert f"[study] seed is {seed}: use a whole number from 0 to 4294967295" in message
+
+
+@pytest.mark.parametrize(
+    "sections, key",
+    [
+        ({"decision": {"min_gain": float("inf")}}, "[decision] min_gain is inf"),
+        ({"train": {"weight_decay": float("nan")}}, "[train] weight_decay is nan"),
+        ({"search": {"head_lr": [0.001, float("inf")]}}, "[search] head_lr is [0.001, inf]"),
+        ({"data": {"val_fraction": float("nan")}}, "[data] val_fraction is nan"),
+    ],
+)
+def test_inf_and_nan_are_refused_where_a_number_is_expected(tmp_path, sections, key):
+    message = _error_for(tmp_path, **sections)  # TOML reads `inf` and `nan` as floats
+    assert key in message
+
+
+def test_true_or_false_is_refused_where_a_number_is_expected_and_taken_by_switches(tmp_path):
+    message = _error_for(tmp_path, budget={"trials": True})  # pydantic alone reads it as 1 trial
+    assert "[budget]: trials is true/false, but only on/off keys" in message
+    assert "head_epochs is true/false" in _error_for(tmp_path, search={"head_epochs": [True, 3]})
+    assert load_spec(write_spec(tmp_path, train={"rollback": False})).train.rollback is False
+
+
+def test_a_section_given_as_a_value_or_an_array_of_tables_says_it_must_be_a_table(tmp_path):
+    spec = tmp_path / "odd.toml"
+    spec.write_text('study = 5\n[[model]]\nsource = "torchvision"\n[data]\nkind = "digits"\n')
+    with pytest.raises(UserError) as caught:
+        load_spec(spec)
+    message = str(caught.value)
+    assert "[study] is 5, but must be a table" in message and "[model] is [" in message
+
+
+@pytest.mark.parametrize("nesting", ["[" * 3000 + "]" * 3000, "{a = " * 3000 + "1" + "}" * 3000])
+def test_values_nested_too_deeply_to_read_are_a_user_error(tmp_path, nesting):
+    spec = tmp_path / "deep.toml"
+    spec.write_text(f"[search]\nhead_lr = {nesting}\n")
+    with pytest.raises(UserError, match="deep.toml: arrays or inline tables nest too deeply"):
+        load_spec(spec)
+
+
+def test_a_nested_value_is_shown_shortened(tmp_path):
+    message = _error_for(tmp_path, search={"unfrozen_blocks": [[[[[[0]]]]], list(range(50))]})
+    assert "[search] unfrozen_blocks is [[[[...]]], [0, 1, 2, 3, 4, 5, ...]]" in message
+
+
+def test_source_path_is_not_a_key_of_the_file(tmp_path):
+    spec = write_spec(tmp_path)
+    spec.write_text('source_path = "/elsewhere/x.toml"\n' + spec.read_text())
+    with pytest.raises(UserError, match=r"\[source_path\] is not a known key; allowed: study"):
+        load_spec(spec)
+
+
+def test_a_spec_saved_with_a_bom_loads_and_one_not_in_utf8_is_refused_by_encoding(tmp_path):
+    spec = write_spec(tmp_path)
+    text = spec.read_text()
+    spec.write_bytes(b"\xef\xbb\xbf" + text.encode())  # as some editors save UTF-8
+    assert load_spec(spec).study.name == "tiny"
+    spec.write_bytes(text.replace('"accuracy"', '"accuracy" # caf\xe9').encode("latin-1"))
+    with pytest.raises(UserError, match=r"tiny.toml: not UTF-8 text .* save it as UTF-8"):
+        load_spec(spec)
