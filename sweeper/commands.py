@@ -131,7 +131,12 @@ def run_study(spec_path: Path | None, options: Options, console: Console | None 
         # the search-only report (with confirmation runs only if already cached): `report` confirms
         data = session.prepared.data.raw
         report = report_study(
-            session.study, settings.spec, data.labels, data.classes, session.prepared.splits
+            session.study,
+            settings.spec,
+            data.labels,
+            data.classes,
+            session.prepared.splits,
+            dropped=data.dropped,
         )
         report = _write(report, settings.out, session.study, session.tracker)
         return StudyOutcome(report, _where(settings, settings.out, session.tracker))
@@ -201,7 +206,9 @@ def _report_one(settings: Settings, console: Console) -> tuple[Report, StudyTrac
     raw, splits = labelled_split(spec)
     tracker = StudyTracker(settings.tracking_uri, spec.study.name)
     runtimes = _runtimes(settings, (raw, splits))
-    report = report_study(study, spec, raw.labels, raw.classes, splits, runtimes, console.print)
+    report = report_study(
+        study, spec, raw.labels, raw.classes, splits, runtimes, console.print, dropped=raw.dropped
+    )
     report = _write(report, settings.out, study, tracker)
     return report, tracker
 

@@ -4,6 +4,8 @@ per way a command can end."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from mlflow import MlflowClient
 from rich.console import Console
@@ -112,3 +114,20 @@ def test_a_study_whose_frozen_features_already_separate_the_classes_keeps_featur
     assert report.decision == "feature_extraction" and report.conclusive is True
     assert report.reason.startswith("rule: fine-tuning cannot reach min_gain 0.01")
     assert report.seeds == 2  # a clear answer stops at the first look
+
+
+@pytest.mark.slow
+def test_study_and_report_state_the_rows_on_missing_drop_left_out(workdir, tracking_uri, tiny_bert):
+    spec = write_spec(
+        workdir,
+        model={"name": str(tiny_bert)},
+        data={"on_missing": "drop"},
+        budget={"trials": 1, "fe_trials": 1, "confirm_seeds": 2, "max_confirm_seeds": 2},
+    )
+    with (workdir / "tiny.csv").open("a") as f:
+        f.write("lonely,\n,positive\n  ,neutral\n")  # an empty label, two empty texts
+    options = Options(tracking_uri=tracking_uri)
+    assert run_study(spec, options, Console(quiet=True)).report.dropped_examples == 3
+    reported = make_report([spec], options, Console(quiet=True))
+    assert reported.reports[0].dropped_examples == 3
+    assert json.loads((workdir / "reports" / "tiny" / "report.json").read_text())["dropped_examples"] == 3

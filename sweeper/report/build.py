@@ -54,9 +54,10 @@ class DatasetFacts:
     per_class: dict[str, int]
     per_class_min: int
     per_class_mean: float
+    dropped: int = 0  # examples left out under [data] on_missing = "drop" (`RawData.dropped`)
 
 
-def describe_dataset(labels: list[int], classes: list[str], splits: Splits) -> DatasetFacts:
+def describe_dataset(labels: list[int], classes: list[str], splits: Splits, dropped: int = 0) -> DatasetFacts:
     counts = np.bincount(np.asarray(labels)[splits.train], minlength=len(classes))
     return DatasetFacts(
         train_examples=int(counts.sum()),
@@ -65,6 +66,7 @@ def describe_dataset(labels: list[int], classes: list[str], splits: Splits) -> D
         per_class={name: int(n) for name, n in zip(classes, counts, strict=True)},
         per_class_min=int(counts.min()),
         per_class_mean=float(counts.mean()),
+        dropped=dropped,
     )
 
 
@@ -76,12 +78,14 @@ def report_study(
     splits: Splits,
     runtime: RuntimeFactory | None = None,
     say: Say = lambda _: None,
+    dropped: int = 0,
 ) -> Report:
     """Gather the evidence and build the report.
 
     ``runtime()`` gives a study runtime (model and data loaded) for the probe and the confirmation
     runs, which it trains where the study has not cached them; without it (the `study` command)
-    only what the study has cached is used.
+    only what the study has cached is used. ``dropped``: examples the data left out
+    (`RawData.dropped`), which the report states.
     """
     _refuse_without_completed_trials(study, spec)
     probe = frozen_probe(study, runtime) if runtime is not None else study.user_attrs.get(StudyAttr.PROBE)
@@ -93,7 +97,7 @@ def report_study(
 
     confirmation = confirm(study, spec, runtime, say, train=runtime is not None, more=more)
     return build_report(
-        study, spec, describe_dataset(labels, classes, splits), confirmation, probe, test_labels
+        study, spec, describe_dataset(labels, classes, splits, dropped), confirmation, probe, test_labels
     )
 
 
@@ -143,6 +147,7 @@ def build_report(
         direction=spec.study.direction,
         min_gain=spec.decision.min_gain,
         evidence=_evidence(confirmed, confirmation, dataset),
+        dropped_examples=dataset.dropped if dataset else 0,
     )
 
 

@@ -5,7 +5,8 @@ report.json holds (`Report.to_json`, a fixed schema that scripts can read; see D
 (``seed_values``, ``test``, ...) and the forgetting figures of the confirmation runs are absent,
 not null, before that. Since the sequential rule (issue 11) ``gain_ci`` is one interval for both
 noise sources, so ``gain_ci_seeds`` and ``gain_ci_test_examples`` are gone; ``seeds``,
-``conclusive``, ``stopped``, ``decision_interval`` and ``complete`` are new.
+``conclusive``, ``stopped``, ``decision_interval`` and ``complete`` are new; since issue 12
+``dropped_examples`` (0 unless ``[data] on_missing = "drop"`` left examples out).
 """
 
 from __future__ import annotations
@@ -189,6 +190,7 @@ class Report:
     min_gain: float
     evidence: str
     plots: tuple[str, ...] = ()  # the PNG files beside the report
+    dropped_examples: int = 0  # left out of the data under [data] on_missing = "drop"
 
     @property
     def split(self) -> str:
@@ -229,6 +231,7 @@ class Report:
             "min_gain": self.min_gain,
             "evidence": self.evidence,
             "plots": list(self.plots),
+            "dropped_examples": self.dropped_examples,
         }
 
 

@@ -74,6 +74,17 @@ def incomplete(report: Report) -> str | None:
     )
 
 
+def dropped_note(report: Report) -> str | None:
+    """The line that says the study ran without some of the data's examples."""
+    n = report.dropped_examples
+    if not n:
+        return None
+    return (
+        f'{n} example{"s" if n > 1 else ""} of the data left out under [data] on_missing = "drop" '
+        "(an empty text or label, an image that does not decode); the study ran on the rest"
+    )
+
+
 def _stages(arm) -> str:
     stages = arm.stages if arm else None
     return ", ".join(f"{s['stage']} {s['outcome'].replace('_', ' ')}" for s in stages) if stages else "–"
@@ -219,6 +230,7 @@ def render_markdown(report: Report) -> str:
     lines = [f"# sweeper report: {report.study}", ""]
     lines += [f"> **incomplete**: {incomplete(report)}", ""] if incomplete(report) else []
     lines += [f"- **{k}**: {v}" for k, v in headline(report)]
+    lines += ["", f"_{dropped_note(report)}._"] if dropped_note(report) else []
     lines += [
         "",
         "## Feature extraction vs fine-tuning",
@@ -262,6 +274,7 @@ def render_html(report: Report, images: list[ImageRow]) -> str:
         f"<p class='note'><b>incomplete</b>: {esc(incomplete(report))}</p>" if incomplete(report) else "",
         f"<p class='decision'>decision: {esc(strategy_name(report.decision))}</p>",
         _table(headline(report)[1:]),
+        f"<p class='note'>{esc(dropped_note(report))}.</p>" if dropped_note(report) else "",
         "<h2>Feature extraction vs fine-tuning</h2>",
         _table(arm_rows(report), ("", "feature extraction", "fine-tuning")),
         f"<p class='note'>{esc(report.evidence)}.</p>",

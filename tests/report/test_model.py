@@ -5,6 +5,7 @@ confirmation and the study's completeness have keys of their own."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -19,6 +20,7 @@ TOP = {
     "confidence", "seeds", "conclusive", "stopped", "decision_interval", "decision_confidence",
     "seed_share", "complete", "trials_note", "cost_ratio", "gain_per_device_hour",
     "cost", "matrix", "forgetting", "reason", "metric", "direction", "min_gain", "evidence", "plots",
+    "dropped_examples",
 }  # fmt: skip
 ARM = {
     "trial", "params", "mlflow_run_id", "search_value", "value", "device_seconds", "wall_seconds",
@@ -91,3 +93,10 @@ def test_the_typed_report_reads_as_its_json_says(study, spec):
     assert loaded["fine_tuning"]["search_value"] == report.fine_tuning.search_value == 0.9
     assert loaded["matrix"]["quadrant"] == report.matrix.quadrant
     assert report.split == "val"
+
+
+def test_report_json_counts_the_examples_the_data_left_out(study, spec):
+    # [data] on_missing = "drop": the count travels from the data's facts into report.json
+    assert _json(build_report(study, spec, DATASET, None, PROBE, LABELS))["dropped_examples"] == 0
+    holey = dataclasses.replace(DATASET, dropped=7)
+    assert _json(build_report(study, spec, holey, None, PROBE, LABELS))["dropped_examples"] == 7

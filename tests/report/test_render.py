@@ -46,3 +46,12 @@ def test_the_html_page_escapes_what_it_shows_and_the_text_table_lists_each_study
     assert "<script>x" not in page and "&lt;script&gt;x" in page
     table = render_summary_text([report, dataclasses.replace(report, study="other")])
     assert table.splitlines()[0].split()[:2] == ["study", "decision"] and len(table.splitlines()) == 3
+
+
+def test_a_report_over_data_with_dropped_examples_says_so_in_one_line(spec):
+    report = confirmed_report(spec, [0.8] * 3, [0.9] * 3)
+    assert "left out" not in render_markdown(report) and "left out" not in render_html(report, [])
+    dropped = dataclasses.replace(report, dropped_examples=3)
+    line = '3 examples of the data left out under [data] on_missing = "drop"'
+    assert sum(line in row for row in render_markdown(dropped).splitlines()) == 1
+    assert line.replace('"', "&quot;") in render_html(dropped, [])
