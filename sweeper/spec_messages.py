@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import reprlib
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,11 @@ def describe_validation_error(path: Path, exc: ValidationError, spec_model: type
     lines = []
     seen: set[tuple[Any, ...]] = set()
     for error in exc.errors():
-        loc = tuple(str(part) for part in error["loc"] if not str(part).isdigit())
-        # a union (fixed value | range) reports once per member; say it once
-        loc = tuple(part for part in loc if not _is_union_member_label(part))
+        # list positions are ints; a key of the file is always a string, digits or not
+        loc = tuple(str(part) for part in error["loc"] if not isinstance(part, int))
+        # a union (fixed value | range) reports once per member, labelled below [section] key;
+        # say it once
+        loc = loc[:2] + tuple(part for part in loc[2:] if not _is_union_member_label(part))
         if loc in seen:
             continue
         seen.add(loc)
@@ -32,7 +35,7 @@ def _is_union_member_label(part: str) -> bool:
 
 
 def _describe_one(loc: tuple[str, ...], error: dict[str, Any], spec_model: type[BaseModel]) -> str:
-    section, key = (loc[0], ".".join(loc[1:])) if loc else ("", "")
+    section, key = (_key(loc[0]), ".".join(_key(part) for part in loc[1:])) if loc else ("", "")
     where = f"[{section}] {key}".strip() if key else f"[{section}]"
     kind = error["type"]
     if kind == "extra_forbidden":
@@ -55,6 +58,11 @@ def _describe_one(loc: tuple[str, ...], error: dict[str, Any], spec_model: type[
 # values in messages: strings cut, lists and nesting shortened (a spec may hold anything)
 _REPR = reprlib.Repr()
 _REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxother = 3, 6, 4, 40
+
+
+def _key(part: str) -> str:
+    # a key as written in the file; an odd one (empty, spaces, a line break) quoted and shortened
+    return part if re.fullmatch(r"[A-Za-z0-9_-]+", part) else shown(part)
 
 
 def shown(value: Any) -> str:
