@@ -12,8 +12,8 @@ import dataclasses
 import os
 import sys
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
@@ -24,98 +24,29 @@ from sweeper.cache import PrefixCache
 from sweeper.confirm import RuntimeFactory
 from sweeper.data import RawData, Splits
 from sweeper.errors import UserError
-from sweeper.interrupts import Interrupted, signals_interrupt
+from sweeper.interrupts import signals_interrupt
+from sweeper.outcomes import Outcome, ReportInterrupted, ReportOutcome, StudyOutcome, Where, WorkerOutcome
+from sweeper.reachable import check_tracking_store, study_exists
 from sweeper.records import Tag
 from sweeper.redact import redact
-from sweeper.report import Report, report_study, spec_files, write_report, write_summary
+from sweeper.report import (
+    Report,
+    ReportNotWritten,
+    check_report_folder,
+    report_study,
+    spec_files,
+    write_report,
+    write_summary,
+)
 from sweeper.report.build import elapsed_seconds
-from sweeper.report.summary import render_summary_text
 from sweeper.runtime import StudyRuntime, labelled_split, prepare
 from sweeper.session import Session, open_session, quiet_libraries, run_here
 from sweeper.settings import Options, Settings, default_spec_path, resolve
 from sweeper.spec import load_spec
-from sweeper.storage import make_storage
+from sweeper.storage import StudyLock, make_storage
 from sweeper.study import TrialsKeepFailing, finished_trials
 from sweeper.tracking import StudyTracker
 from sweeper.workers import WorkersStopped, default_worker_count, run_workers, start_forkserver
-
-
-@dataclass(frozen=True)
-class Where:
-    """Where a command left its records, for the user to open."""
-
-    reports: Path  # the report folder
-    storage: str
-    tracking_uri: str
-    runs_url: str  # the MLflow runs table of the study's experiment
-
-    def lines(self) -> list[str]:
-        storage, tracking = redact(self.storage), redact(self.tracking_uri)
-        lines = [
-            f"report:   {self.reports}/report.md, report.html, report.json",
-            f"study DB: {storage}   (optuna-dashboard {storage})",
-            f"MLflow:   {tracking}",
-        ]
-        if tracking.startswith("sqlite:"):
-            lines += [
-                f"open it:  mlflow ui --backend-store-uri {tracking} --port 5000",
-                f"          then {self.runs_url}",
-            ]
-        else:
-            lines.append(f"open it:  {self.runs_url}")
-        return lines
-
-
-@dataclass(frozen=True)
-class StudyOutcome:
-    """A study run to its total, and its search-only report (``report`` confirms it)."""
-
-    report: Report
-    where: Where
-
-    @property
-    def out(self) -> Path:
-        return self.where.reports
-
-    def lines(self) -> list[str]:
-        return _decision_lines(self.report) + self.where.lines()
-
-
-@dataclass(frozen=True)
-class WorkerOutcome:
-    study: str
-    finished: int
-    total: int
-
-    def lines(self) -> list[str]:
-        return [f"worker done: study {self.study} holds {self.finished}/{self.total} finished trials"]
-
-
-@dataclass(frozen=True)
-class ReportOutcome:
-    """One report per spec; several specs also share one table (``out`` holds it)."""
-
-    reports: list[Report]
-    where: Where
-    several: bool  # several specs or a folder: one table across them
-
-    @property
-    def out(self) -> Path:
-        return self.where.reports
-
-    def lines(self) -> list[str]:
-        if self.several:
-            head = ["\n" + escape(render_summary_text(self.reports))]
-        else:
-            head = _decision_lines(self.reports[0])
-        return head + self.where.lines()
-
-
-Outcome = StudyOutcome | WorkerOutcome | ReportOutcome
-
-
-def _decision_lines(report: Report) -> list[str]:
-    return [f"\n[bold]decision: {report.decision.replace('_', ' ')}[/bold]", f"  {escape(report.reason)}"]
 
 
 def run_study(spec_path: Path | None, options: Options, console: Console | None = None) -> StudyOutcome:
@@ -123,6 +54,7 @@ def run_study(spec_path: Path | None, options: Options, console: Console | None 
     trials, here or in ``--workers`` processes, then write the search-only report."""
     console = console or Console(highlight=False, soft_wrap=True)
     settings = resolve(options, load_spec(spec_path or default_spec_path()))
+    check_report_folder(settings.out)
     workers = settings.workers or 1
     if workers > 1:
         start_forkserver()  # it imports sweeper meanwhile
@@ -138,7 +70,8 @@ def run_study(spec_path: Path | None, options: Options, console: Console | None 
             session.prepared.splits,
             dropped=data.dropped,
         )
-        report = _write(report, settings.out, session.study, session.tracker)
+        report, _ = write_report(report, settings.out, session.study)
+        _record(report, settings.out, session.study, session.tracker)
         return StudyOutcome(report, _where(settings, settings.out, session.tracker))
 
 
@@ -178,50 +111,82 @@ def work_in_process(settings: Settings) -> None:
 def make_report(spec_paths: list[Path], options: Options, console: Console | None = None) -> ReportOutcome:
     """Confirm and report each study (default: studies/vader-minilm.toml); several specs, or a
     folder of them, also get one table across them, with report.json as a list, in ``--out``
-    (default reports/)."""
+    (default reports/). Every input is checked, for every study, before anything is written."""
     console = console or Console(highlight=False, soft_wrap=True)
     quiet_libraries()
     named = spec_paths or [default_spec_path()]
     paths = spec_files(named)
-    if len(named) == 1 and not named[0].is_dir():
-        settings = resolve(options, load_spec(paths[0]))
-        report, tracker = _report_one(settings, console)
-        return ReportOutcome([report], _where(settings, settings.out, tracker), several=False)
-    out = options.out or Path("reports")
-    reports, links, where = [], [], None
-    for path in paths:
-        spec = load_spec(path)
-        settings = resolve(dataclasses.replace(options, out=out / spec.study.name), spec)
-        report, tracker = _report_one(settings, console)
-        reports.append(report)
-        links.append(f"{spec.study.name}/report.html")
-        where = _where(settings, out, tracker)
-    write_summary(reports, out, links)
-    return ReportOutcome(reports, where, several=True)
+    with signals_interrupt():
+        if len(named) == 1 and not named[0].is_dir():
+            settings = resolve(options, load_spec(paths[0]))
+            _check_report_inputs(settings)
+            report, tracker = _report_one(settings, console)
+            return ReportOutcome([report], _where(settings, settings.out, tracker), several=False)
+        out = options.out or Path("reports")
+        check_report_folder(out, summary=True)
+        several = [
+            resolve(dataclasses.replace(options, out=out / s.study.name), s) for s in map(load_spec, paths)
+        ]
+        for settings in several:
+            _check_report_inputs(settings)
+        reports, links, where = [], [], None
+        for settings in several:
+            report, tracker = _report_one(settings, console)
+            reports.append(report)
+            links.append(f"{settings.spec.study.name}/report.html")
+            where = _where(settings, out, tracker)
+        write_summary(reports, out, links)
+        return ReportOutcome(reports, where, several=True)
+
+
+def _check_report_inputs(settings: Settings) -> None:
+    """The report folder, MLflow's store and the study, checked read-only: nothing is written
+    (not even an empty study DB) when one of them is wrong."""
+    check_report_folder(settings.out)
+    check_tracking_store(settings.tracking_uri)
+    if not study_exists(settings.storage, settings.spec.study.name):
+        raise UserError(
+            f"no study {settings.spec.study.name!r} in {redact(settings.storage)}; run "
+            f"`python -m sweeper study {settings.spec.source_path}` first"
+        )
 
 
 def _report_one(settings: Settings, console: Console) -> tuple[Report, StudyTracker]:
-    spec = settings.spec
-    study = _load_study(settings)
-    raw, splits = labelled_split(spec)
-    tracker = StudyTracker(settings.tracking_uri, spec.study.name)
-    runtimes = _runtimes(settings, (raw, splits))
-    report = report_study(
-        study, spec, raw.labels, raw.classes, splits, runtimes, console.print, dropped=raw.dropped
-    )
-    report = _write(report, settings.out, study, tracker)
+    spec, written = settings.spec, False
+    storage = make_storage(settings.storage)
+    study = optuna.load_study(study_name=spec.study.name, storage=storage)
+    try:
+        with _report_lock(storage, spec.study.name, console):
+            raw, splits = labelled_split(spec)
+            tracker = StudyTracker(settings.tracking_uri, spec.study.name)
+            runtimes = _runtimes(settings, (raw, splits))
+            report = report_study(
+                study, spec, raw.labels, raw.classes, splits, runtimes, console.print, dropped=raw.dropped
+            )
+            report, _ = write_report(report, settings.out, study)
+            written = True
+            _record(report, settings.out, study, tracker)
+    except KeyboardInterrupt as exc:
+        raise ReportInterrupted(settings.out, written, getattr(exc, "exit_code", 130)) from None
     return report, tracker
 
 
-def _load_study(settings: Settings) -> optuna.Study:
-    name = settings.spec.study.name
+@contextmanager
+def _report_lock(storage: optuna.storages.RDBStorage, name: str, console: Console) -> Iterator[None]:
+    """One `report` of a study at a time, so that a seed is confirmed once: a second one waits,
+    then finds the first one's confirmation runs cached. The study's own lock is another one, so
+    that its workers go on meanwhile."""
+    lock = StudyLock(storage, name, scope="report")
+    if not lock.acquire(wait=False):
+        console.print(
+            f"waiting: another `report` of study {name!r} is running; this one goes on when it ends, "
+            "and reuses its confirmation runs"
+        )
+        lock.acquire()
     try:
-        return optuna.load_study(study_name=name, storage=make_storage(settings.storage))
-    except KeyError:
-        raise UserError(
-            f"no study {name!r} in {redact(settings.storage)}; run "
-            f"`python -m sweeper study {settings.spec.source_path}` first"
-        ) from None
+        yield
+    finally:
+        lock.release()
 
 
 def _runtimes(settings: Settings, labelled: tuple[RawData, Splits]) -> RuntimeFactory:
@@ -239,12 +204,10 @@ def _runtimes(settings: Settings, labelled: tuple[RawData, Splits]) -> RuntimeFa
     return runtime
 
 
-def _write(report: Report, out: Path, study: optuna.Study, tracker: StudyTracker) -> Report:
-    """The report's files, the report folder as an artifact of the parent run, and its figures on it."""
-    report, _ = write_report(report, out, study)
+def _record(report: Report, out: Path, study: optuna.Study, tracker: StudyTracker) -> None:
+    """The report folder as an artifact of the parent run, and the report's figures on it."""
     tracker.log_report(out)
     _summarize_on_parent_run(tracker, study, report)
-    return report
 
 
 def _summarize_on_parent_run(
@@ -280,12 +243,18 @@ def exit_code(command: Callable[[], Outcome], console: Console) -> int:
     except UserError as exc:
         console.print(f"[red]error:[/red] {escape(redact(str(exc)))}")
         return exc.exit_code
+    except ReportNotWritten as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        return exc.exit_code
     except (TrialsKeepFailing, WorkersStopped) as exc:
         console.print(f"[red]stopped:[/red] {escape(redact(str(exc)))}")
         return 1
-    except KeyboardInterrupt as exc:
-        console.print("[red]interrupted[/red]: running trials were marked failed and their runs ended")
-        return exc.exit_code if isinstance(exc, Interrupted) else 130
+    except KeyboardInterrupt as exc:  # `report` says what it kept; the others, what they ended
+        ended = "running trials were marked failed and their runs ended"
+        console.print(
+            f"[red]interrupted[/red]: {escape(str(exc) if isinstance(exc, ReportInterrupted) else ended)}"
+        )
+        return getattr(exc, "exit_code", 130)
     for line in outcome.lines():
         console.print(line)
     return 0

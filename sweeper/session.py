@@ -16,6 +16,7 @@ from sweeper.cache import PrefixCache
 from sweeper.interrupts import stop_if_asked
 from sweeper.mlflow_writer import ProcessWriter
 from sweeper.progress import Progress
+from sweeper.reachable import check_tracking_store
 from sweeper.recovery import RunFailer, StaleTrialCallback, fail_my_last_trial
 from sweeper.runtime import Prepared, StudyRuntime, prepare
 from sweeper.settings import Settings
@@ -54,6 +55,7 @@ def open_session(
     exists as soon as the trial starts."""
     quiet_libraries()
     spec = settings.spec
+    check_tracking_store(settings.tracking_uri)
     writer = ProcessWriter(settings.tracking_uri)
     if runs_trials:
         writer.start()

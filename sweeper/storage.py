@@ -3,7 +3,7 @@
 PostgreSQL is the shared backend: any number of workers on any number of machines. SQLite serves
 one machine: its file is switched to WAL (readers never block the writer, commits wait for the
 disk only at checkpoints) and every connection waits up to a busy timeout for the write lock, so several local workers share it without
-'database is locked'. SQLite on a network filesystem is refused: its locks do not hold there.
+'database is locked'. SQLite on a network filesystem is refused (reachable.py): its locks do not hold there.
 
 Every trial sends heartbeats; a trial whose worker stopped sending them (killed, machine lost) is
 failed by the next worker that looks (recovery.py says what else happens then).
@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 import sqlite3
 import time
 import warnings
@@ -26,37 +25,14 @@ from pathlib import Path
 import optuna
 import sqlalchemy
 from optuna.trial import FrozenTrial
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
 
 from sweeper.errors import UserError
+from sweeper.reachable import check_sqlite_file, storage_url
 from sweeper.redact import redact
 
 log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_S = 60
-# filesystem types (Linux /proc/mounts) on which SQLite's file locks are unreliable
-NETWORK_FILESYSTEMS = frozenset(
-    {
-        "nfs",
-        "nfs4",
-        "cifs",
-        "smb3",
-        "smbfs",
-        "ncpfs",
-        "afs",
-        "ceph",
-        "glusterfs",
-        "fuse.glusterfs",
-        "lustre",
-        "gpfs",
-        "beegfs",
-        "fuse.sshfs",
-        "fuse.s3fs",
-        "fuse.gcsfuse",
-        "fuse.rclone",
-    }
-)
 
 
 @dataclass(frozen=True)
@@ -102,13 +78,7 @@ def make_storage(
     failed because its worker went silent (recovery.StaleTrialCallback queues it again).
     """
     shown = redact(url)
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        raise UserError(
-            f"storage URL {shown!r} is not a database URL; use sqlite:///path.db or "
-            "postgresql+psycopg://user@host/db"
-        ) from None
+    parsed = storage_url(url)
     heartbeat = heartbeat or Heartbeat.from_env()
     backend = parsed.get_backend_name()
     if backend == "sqlite":
@@ -158,46 +128,6 @@ def _rdb_storage(url: str, engine_kwargs: dict, heartbeat: Heartbeat, on_stale) 
     raise AssertionError("unreachable")
 
 
-def check_sqlite_file(database: str | None, shown: str, mounts: str | None = None) -> None:
-    """Refuse an SQLite study DB that is no file, in no folder, or on a network filesystem."""
-    if not database or database == ":memory:" or database.startswith("file:"):
-        raise UserError(f"storage URL {shown!r} names no file; use sqlite:///path/to/study.db")
-    folder = Path(database).expanduser().resolve().parent
-    if not folder.is_dir():
-        raise UserError(f"storage URL {shown!r}: folder {folder} does not exist")
-    kind = filesystem_type(folder, mounts)
-    if kind in NETWORK_FILESYSTEMS:
-        raise UserError(
-            f"storage URL {shown!r}: {folder} is on a network filesystem ({kind}), where SQLite's "
-            "locks do not hold and the study DB can be corrupted. Put the file on a local disk, or "
-            "share the study through PostgreSQL: --storage postgresql+psycopg://user@host/db"
-        )
-
-
-def filesystem_type(path: Path, mounts: str | None = None) -> str | None:
-    """The type of the filesystem holding ``path``, from /proc/mounts (``None`` where unknown)."""
-    if mounts is None:
-        try:
-            mounts = Path("/proc/mounts").read_text()
-        except OSError:
-            return None
-    path = Path(path)
-    best: tuple[int, str | None] = (-1, None)
-    for line in mounts.splitlines():
-        fields = line.split()
-        if len(fields) < 3:
-            continue
-        point = Path(_unescape_mount_field(fields[1]))
-        if (path == point or point in path.parents) and len(point.parts) > best[0]:
-            best = (len(point.parts), fields[2])
-    return best[1]
-
-
-def _unescape_mount_field(field: str) -> str:
-    # /proc/mounts writes space, tab, newline and backslash as octal escapes (\040 ...)
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field)
-
-
 def _use_wal_journal(database: str) -> None:
     """Switch the file to WAL once (the mode is stored in the file); workers starting together
     may find it busy for a moment."""
@@ -225,14 +155,16 @@ def _sync_at_checkpoints(engine: sqlalchemy.Engine) -> None:
     engine.dispose()  # connections opened before the listener reconnect with it
 
 
-def _get_mysql_lock(connection: sqlalchemy.Connection, name: str) -> None:
-    """Wait for a MySQL/MariaDB named lock (held by the session until released or disconnected).
+def _get_mysql_lock(connection: sqlalchemy.Connection, name: str, wait: bool = True) -> bool:
+    """Take a MySQL/MariaDB named lock (held by the session until released or disconnected).
     MariaDB takes no negative (endless) timeout: it answers NULL at once and locks nothing. So
     wait in rounds of an hour, and make sure the answer is 1."""
     while True:
-        got = connection.execute(sqlalchemy.text("SELECT GET_LOCK(:name, 3600)"), {"name": name}).scalar()
-        if got == 1:
-            return
+        got = connection.execute(
+            sqlalchemy.text("SELECT GET_LOCK(:name, :wait)"), {"name": name, "wait": 3600 if wait else 0}
+        ).scalar()
+        if got == 1 or (got == 0 and not wait):
+            return got == 1
         if got is None:
             raise RuntimeError(f"MySQL could not take the study lock {name!r}")
 
@@ -246,38 +178,52 @@ class StudyLock:
     transaction, or when the connection drops). MySQL/MariaDB: a named lock of the session
     (released, or dropped with the connection). SQLite: ``flock`` on a file beside the database
     (released when the process exits). ``release`` may be called early and again.
+
+    Another ``scope`` is another lock over the same study: ``"report"`` lets one `report` at a
+    time confirm the study, while its workers go on under the ``"study"`` lock.
     """
 
-    def __init__(self, storage: optuna.storages.RDBStorage, study_name: str) -> None:
+    def __init__(self, storage: optuna.storages.RDBStorage, study_name: str, scope: str = "study") -> None:
         self._engine = storage.engine
-        self._key = int.from_bytes(
-            hashlib.sha256(f"sweeper:{study_name}".encode()).digest()[:8], "big", signed=True
-        )
+        name = f"sweeper:{study_name}" if scope == "study" else f"sweeper:{scope}:{study_name}"
+        digest = hashlib.sha256(name.encode()).digest()
+        self._key = int.from_bytes(digest[:8], "big", signed=True)
+        # SQLite: the study lock is one file per database; other scopes get one per study
+        suffix = "" if scope == "study" else f".{scope}-{digest[:6].hex()}"
+        self._file = f"{self._engine.url.database}{suffix}.lock"
         self._held: object | None = None
 
-    def acquire(self) -> None:
-        backend = self._engine.dialect.name
+    def acquire(self, wait: bool = True) -> bool:
+        """Take the lock, waiting for it (or, with ``wait`` false, only if it is free now);
+        returns whether it is held."""
+        backend, got = self._engine.dialect.name, True
         if backend == "postgresql":
             connection = self._engine.connect()
-            connection.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": self._key})
+            take = "pg_advisory_xact_lock" if wait else "pg_try_advisory_xact_lock"
+            got = connection.execute(sqlalchemy.text(f"SELECT {take}(:key)"), {"key": self._key}).scalar()
             self._held = connection
         elif backend == "sqlite":
             import fcntl
 
-            lock_file = open(f"{self._engine.url.database}.lock", "a")  # noqa: SIM115 (held until release)
-            fcntl.flock(lock_file, fcntl.LOCK_EX)
-            self._held = lock_file
-        elif backend == "mysql":
-            connection = self._engine.connect()
+            self._held = open(self._file, "a")  # noqa: SIM115 (held until release)
             try:
-                _get_mysql_lock(connection, f"sweeper{self._key}")
+                fcntl.flock(self._held, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                got = False
+        elif backend == "mysql":
+            self._held = connection = self._engine.connect()
+            try:
+                got = _get_mysql_lock(connection, f"sweeper{self._key}", wait)
             except BaseException:
-                connection.close()
+                self.release()
                 raise
-            self._held = connection
         else:
             self._held = True
             log.warning("no study lock for %s: concurrent workers may overshoot the trial total", backend)
+        if wait or got is not False:
+            return True
+        self.release()
+        return False
 
     def release(self) -> None:
         held, self._held = self._held, None

@@ -5,7 +5,14 @@ per way a command can end."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
+import optuna
 import pytest
 from mlflow import MlflowClient
 from rich.console import Console
@@ -13,10 +20,12 @@ from rich.console import Console
 from sweeper.commands import exit_code, make_report, run_study
 from sweeper.errors import UserError
 from sweeper.interrupts import Interrupted
+from sweeper.records import StudyAttr
+from sweeper.report import ReportNotWritten
 from sweeper.settings import Options
 from sweeper.study import TrialsKeepFailing
 from sweeper.workers import WorkersStopped
-from tests.conftest import write_spec
+from tests.conftest import tmpfs, write_spec
 
 
 def _parent(tracking_uri: str):
@@ -67,10 +76,15 @@ def _raising(exc: BaseException):
         (_raising(UserError("[data] path is 'x'")), 2, "error: [data] path is 'x'"),
         (_raising(TrialsKeepFailing(3, "OSError: disk")), 1, "stopped: 3 trials in a row failed"),
         (_raising(WorkersStopped("workers exited with codes [1]")), 1, "stopped: workers exited"),
+        (
+            _raising(ReportNotWritten(Path("reports/tiny"), OSError(28, "No space left on device"))),
+            1,
+            "error: could not write the report folder reports/tiny: No space left on device (ENOSPC)",
+        ),
         (_raising(Interrupted(15)), 143, "interrupted"),
         (_raising(KeyboardInterrupt()), 130, "interrupted"),
     ],
-    ids=["done", "bad input", "failing trials", "dead workers", "SIGTERM", "Ctrl-C"],
+    ids=["done", "bad input", "failing trials", "dead workers", "full disk", "SIGTERM", "Ctrl-C"],
 )
 def test_each_way_a_command_ends_has_its_exit_code_and_one_message(ending, code, said):
     console = Console(record=True, width=200)
@@ -131,3 +145,168 @@ def test_study_and_report_state_the_rows_on_missing_drop_left_out(workdir, track
     reported = make_report([spec], options, Console(quiet=True))
     assert reported.reports[0].dropped_examples == 3
     assert json.loads((workdir / "reports" / "tiny" / "report.json").read_text())["dropped_examples"] == 3
+
+
+@pytest.mark.parametrize("command", ["study", "report"])
+def test_out_naming_a_file_is_refused_before_the_model_loads_and_nothing_is_written(command, workdir):
+    spec = write_spec(workdir)
+    (workdir / "notes.txt").write_text("the user's own file")
+    console = Console(record=True, width=300)
+    run = run_study if command == "study" else lambda s, o, c: make_report([s], o, c)
+    assert exit_code(lambda: run(spec, Options(out=Path("notes.txt")), console), console) == 2
+    text = console.export_text()
+    assert "error: --out notes.txt is an existing file" in text
+    assert "data:" not in text  # refused with the inputs, before the data and the model load
+    assert sorted(p.name for p in workdir.iterdir()) == ["notes.txt", "tiny.csv", "tiny.toml"]
+    assert (workdir / "notes.txt").read_text() == "the user's own file"
+
+
+def _ends(command, *said: str) -> int:
+    console = Console(record=True, width=300)
+    code = exit_code(command, console)
+    text = console.export_text()
+    assert all(part in text for part in said) and "Traceback" not in text and "hunter2" not in text, text
+    return code
+
+
+def test_report_on_a_study_that_does_not_exist_writes_no_study_db(workdir):
+    spec = write_spec(workdir)
+    assert _ends(lambda: make_report([spec], Options()), "error: no study 'tiny' in sqlite:///") == 2
+    assert sorted(p.name for p in workdir.iterdir()) == ["tiny.csv", "tiny.toml"]  # no sweeper.db
+
+
+def test_report_on_a_study_that_does_not_exist_creates_no_tables_in_postgresql(workdir, postgres_url):
+    import sqlalchemy
+
+    spec = write_spec(workdir)
+    assert _ends(lambda: make_report([spec], Options(storage=postgres_url)), "error: no study 'tiny'") == 2
+    engine = sqlalchemy.create_engine(postgres_url)
+    with engine.connect() as connection:
+        assert sqlalchemy.inspect(connection).get_table_names() == []
+    engine.dispose()
+    assert sorted(p.name for p in workdir.iterdir()) == ["tiny.csv", "tiny.toml"]
+
+
+@pytest.mark.parametrize("command", ["study", "report"])
+def test_an_unreachable_tracking_uri_is_refused_in_seconds_before_anything_is_written(command, workdir):
+    import socket
+    import time
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    spec = write_spec(workdir)
+    options = Options(tracking_uri=f"http://bob:hunter2@127.0.0.1:{port}")
+    run = run_study if command == "study" else lambda s, o, c: make_report([s], o, c)
+    started = time.monotonic()
+    said = f"error: MLflow tracking URI 'http://bob:***@127.0.0.1:{port}' is not reachable"
+    assert _ends(lambda: run(spec, options, Console(quiet=True)), said) == 2
+    assert time.monotonic() - started < 60  # not MLflow's two minutes of retries (the model loads)
+    assert sorted(p.name for p in workdir.iterdir()) == ["tiny.csv", "tiny.toml"]  # no study DB
+
+
+# --- report on a finished study, in real processes -------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def studied(tmp_path_factory, _mlflow_template) -> Path:
+    """A finished tiny study (2 trials, 2 confirmation seeds per arm to be run), made once; each
+    test works on a copy of its folder."""
+    folder = tmp_path_factory.mktemp("studied")
+    shutil.copy(_mlflow_template, folder / "mlflow.db")
+    spec = write_spec(folder, budget={"trials": 2, "confirm_seeds": 2, "max_confirm_seeds": 2})
+    run_study(spec, _options(folder, out=folder / "reports" / "tiny"), Console(quiet=True))
+    return folder
+
+
+def _options(folder: Path, **given) -> Options:
+    return Options(
+        storage=f"sqlite:///{folder / 'sweeper.db'}",
+        tracking_uri=f"sqlite:///{folder / 'mlflow.db'}",
+        **given,
+    )
+
+
+@pytest.fixture
+def study_copy(studied, workdir) -> Path:
+    shutil.copytree(studied, workdir, dirs_exist_ok=True)
+    return workdir
+
+
+def _report_process(folder: Path, *extra: str) -> subprocess.Popen:
+    options = _options(folder)
+    command = [sys.executable, "-m", "sweeper", "report", str(folder / "tiny.toml"), *extra]
+    command += ["--storage", options.storage, "--tracking-uri", options.tracking_uri]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        command, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def _lines_until(process: subprocess.Popen, text: str) -> list[str]:
+    """The process's lines up to the first holding ``text`` (or all of them, when it ends first)."""
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if text in line:
+            break
+    return lines
+
+
+def _confirmation_runs(folder: Path) -> int:
+    study = optuna.load_study(study_name="tiny", storage=_options(folder).storage)
+    return sum(key.startswith(StudyAttr.CONFIRMATION_PREFIX) for key in study.user_attrs)
+
+
+@pytest.mark.slow
+def test_a_second_report_waits_for_the_first_and_trains_no_seed_again(study_copy):
+    first = _report_process(study_copy)
+    seen = _lines_until(first, "confirming")
+    assert seen and "confirming" in seen[-1], "".join(seen)
+    os.kill(first.pid, signal.SIGSTOP)  # the first report stands still, mid-confirmation
+    try:
+        second = _report_process(study_copy)
+        waited = _lines_until(second, "waiting")
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    first_out = "".join(seen) + first.communicate(timeout=600)[0]
+    second_out = "".join(waited) + second.communicate(timeout=600)[0]
+    assert first.returncode == 0 and second.returncode == 0, first_out + second_out
+    assert "waiting: another `report` of study 'tiny' is running" in second_out
+    assert second_out.count("confirming") == 0  # it read the first one's runs
+    assert first_out.count("confirming") == _confirmation_runs(study_copy) == 4  # each seed once
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_report_keeps_the_finished_confirmation_runs_and_writes_no_report(study_copy):
+    out = study_copy / "reports" / "tiny"
+    before = {p.name: p.read_bytes() for p in out.iterdir()}  # the search-only report of `study`
+    process = _report_process(study_copy, "--out", str(out))
+    seen = _lines_until(process, "confirming")
+    seen += _lines_until(process, "confirming")  # the first run is done, the second under way
+    process.send_signal(signal.SIGINT)
+    said = "".join(seen) + process.communicate(timeout=600)[0]
+    assert process.returncode == 130, said
+    assert "interrupted: the confirmation runs finished so far are kept in the study DB" in said
+    assert f"nothing was written to {out}" in said
+    assert "marked failed" not in said and "Traceback" not in said
+    assert _confirmation_runs(study_copy) >= 1
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in out.parent.iterdir()) == ["tiny"]  # no temporary folder left
+
+
+@pytest.mark.slow
+def test_a_full_disk_under_the_report_folder_exits_1_and_leaves_the_earlier_report(study_copy):
+    with tmpfs(study_copy / "disk", size="512k") as disk:
+        out = disk / "tiny"
+        options = _options(study_copy, out=out)
+        assert _ends(lambda: run_study(study_copy / "tiny.toml", options, Console(quiet=True))) == 0
+        before = {p.name: p.read_bytes() for p in out.iterdir()}
+        room = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+        (disk / "ballast").write_bytes(b"\0" * (room - 16 * 1024))  # 16 KiB left: too little
+        said = f"error: could not write the report folder {out}: No space left on device (ENOSPC)"
+        assert _ends(lambda: run_study(study_copy / "tiny.toml", options, Console(quiet=True)), said) == 1
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+        assert sorted(p.name for p in disk.iterdir()) == ["ballast", "tiny"]

@@ -1,7 +1,6 @@
-"""The study DB for many workers: SQLite in WAL mode with a busy timeout (and refused on network
-filesystems), PostgreSQL with small pre-pinged pools, heartbeat settings, and the study lock that
-makes creating a study and claiming a trial atomic across processes (on PostgreSQL, SQLite and
-MariaDB/MySQL)."""
+"""The study DB for many workers: SQLite in WAL mode with a busy timeout, PostgreSQL with small
+pre-pinged pools, heartbeat settings, the study lock that makes creating a study and claiming a
+trial atomic across processes (on PostgreSQL, SQLite and MariaDB/MySQL), and the report lock."""
 
 from __future__ import annotations
 
@@ -18,7 +17,7 @@ import sqlalchemy
 from optuna.trial import TrialState
 
 from sweeper.errors import UserError
-from sweeper.storage import Heartbeat, StudyLock, check_sqlite_file, filesystem_type, make_storage
+from sweeper.storage import Heartbeat, StudyLock, make_storage
 from tests.conftest import write_spec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,18 +54,6 @@ def test_postgresql_storage_survives_dropped_connections(postgres_url):
     with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as admin:
         admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
     assert [s.study_name for s in storage.get_all_studies()] == ["tiny"]
-
-
-def test_sqlite_on_a_network_filesystem_is_refused(tmp_path):
-    mounts = f"/dev/sda1 / ext4 rw 0 0\nserver:/export {tmp_path} nfs4 rw,relatime 0 0\n"
-    assert filesystem_type(tmp_path / "studies", mounts) == "nfs4"
-    assert filesystem_type(Path("/home"), mounts) == "ext4"
-    with pytest.raises(UserError) as caught:
-        check_sqlite_file(str(tmp_path / "sweeper.db"), "sqlite:///sweeper.db", mounts)
-    assert "network filesystem (nfs4)" in str(caught.value)
-    assert "postgresql+psycopg://" in str(caught.value)
-    # mount points with spaces are written with octal escapes
-    assert filesystem_type(Path("/mnt/my share/x"), "//nas/s /mnt/my\\040share cifs rw 0 0") == "cifs"
 
 
 def test_heartbeat_settings_default_to_minutes_and_come_from_the_environment(monkeypatch):
@@ -167,3 +154,21 @@ def test_workers_creating_the_study_together_queue_the_baselines_once(tmp_path, 
     study = optuna.load_study(study_name="tiny", storage=storage_url)
     assert [t.state for t in study.trials] == [TrialState.WAITING] * 2
     assert [t.system_attrs["fixed_params"]["unfrozen_blocks"] for t in study.trials] == [0, 2]
+
+
+def test_a_report_lock_is_its_own_lock_per_study_and_can_be_tried_without_waiting(storage_url):
+    storage = make_storage(storage_url)
+    report = StudyLock(storage, "tiny", scope="report")
+    assert report.acquire(wait=False)
+    try:
+        with StudyLock(storage, "tiny"):  # a report running does not block the study's workers
+            pass
+        assert not StudyLock(storage, "tiny", scope="report").acquire(wait=False)  # a second report
+        other = StudyLock(storage, "other", scope="report")  # another study's report goes on
+        assert other.acquire(wait=False)
+        other.release()
+    finally:
+        report.release()
+    again = StudyLock(storage, "tiny", scope="report")
+    assert again.acquire(wait=False)
+    again.release()

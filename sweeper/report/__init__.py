@@ -7,14 +7,22 @@
 """
 
 from sweeper.report.build import DatasetFacts, build_report, describe_dataset, report_study
-from sweeper.report.files import spec_files, write_report, write_summary
+from sweeper.report.files import (
+    ReportNotWritten,
+    check_report_folder,
+    spec_files,
+    write_report,
+    write_summary,
+)
 from sweeper.report.model import REPORT_KEYS, Report
 
 __all__ = [
     "REPORT_KEYS",
     "DatasetFacts",
     "Report",
+    "ReportNotWritten",
     "build_report",
+    "check_report_folder",
     "describe_dataset",
     "report_study",
     "spec_files",

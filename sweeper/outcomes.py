@@ -1,0 +1,109 @@
+"""What a command hands back to the CLI: a typed outcome per command, with the lines it prints
+(the decision, and where the report, the study DB and the MLflow runs are)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.markup import escape
+
+from sweeper.redact import redact
+from sweeper.report import Report
+from sweeper.report.summary import render_summary_text
+
+
+@dataclass(frozen=True)
+class Where:
+    """Where a command left its records, for the user to open."""
+
+    reports: Path  # the report folder
+    storage: str
+    tracking_uri: str
+    runs_url: str  # the MLflow runs table of the study's experiment
+
+    def lines(self) -> list[str]:
+        storage, tracking = redact(self.storage), redact(self.tracking_uri)
+        lines = [
+            f"report:   {self.reports}/report.md, report.html, report.json",
+            f"study DB: {storage}   (optuna-dashboard {storage})",
+            f"MLflow:   {tracking}",
+        ]
+        if tracking.startswith("sqlite:"):
+            lines += [
+                f"open it:  mlflow ui --backend-store-uri {tracking} --port 5000",
+                f"          then {self.runs_url}",
+            ]
+        else:
+            lines.append(f"open it:  {self.runs_url}")
+        return lines
+
+
+@dataclass(frozen=True)
+class StudyOutcome:
+    """A study run to its total, and its search-only report (``report`` confirms it)."""
+
+    report: Report
+    where: Where
+
+    @property
+    def out(self) -> Path:
+        return self.where.reports
+
+    def lines(self) -> list[str]:
+        return _decision_lines(self.report) + self.where.lines()
+
+
+@dataclass(frozen=True)
+class WorkerOutcome:
+    study: str
+    finished: int
+    total: int
+
+    def lines(self) -> list[str]:
+        return [f"worker done: study {self.study} holds {self.finished}/{self.total} finished trials"]
+
+
+@dataclass(frozen=True)
+class ReportOutcome:
+    """One report per spec; several specs also share one table (``out`` holds it)."""
+
+    reports: list[Report]
+    where: Where
+    several: bool  # several specs or a folder: one table across them
+
+    @property
+    def out(self) -> Path:
+        return self.where.reports
+
+    def lines(self) -> list[str]:
+        if self.several:
+            head = ["\n" + escape(render_summary_text(self.reports))]
+        else:
+            head = _decision_lines(self.reports[0])
+        return head + self.where.lines()
+
+
+Outcome = StudyOutcome | WorkerOutcome | ReportOutcome
+
+
+def _decision_lines(report: Report) -> list[str]:
+    return [f"\n[bold]decision: {report.decision.replace('_', ' ')}[/bold]", f"  {escape(report.reason)}"]
+
+
+class ReportInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped `report`; the message says what was kept. Exit code 128 + signal."""
+
+    def __init__(self, out: Path, written: bool, exit_code: int) -> None:
+        if written:
+            kept = (
+                f"the report was written to {out}; it may be missing from the study's MLflow run "
+                "(run `report` again to record it, without training)"
+            )
+        else:
+            kept = (
+                "the confirmation runs finished so far are kept in the study DB, and the next "
+                f"`report` reuses them; nothing was written to {out}"
+            )
+        super().__init__(kept)
+        self.exit_code = exit_code
