@@ -25,7 +25,15 @@ from sweeper.confirm import RuntimeFactory
 from sweeper.data import RawData, Splits
 from sweeper.errors import UserError
 from sweeper.interrupts import signals_interrupt
-from sweeper.outcomes import Outcome, ReportInterrupted, ReportOutcome, StudyOutcome, Where, WorkerOutcome
+from sweeper.outcomes import (
+    Outcome,
+    ReportInterrupted,
+    ReportNotRecorded,
+    ReportOutcome,
+    StudyOutcome,
+    Where,
+    WorkerOutcome,
+)
 from sweeper.reachable import check_tracking_store, study_exists
 from sweeper.records import Tag
 from sweeper.redact import redact
@@ -206,7 +214,10 @@ def _runtimes(settings: Settings, labelled: tuple[RawData, Splits]) -> RuntimeFa
 
 def _record(report: Report, out: Path, study: optuna.Study, tracker: StudyTracker) -> None:
     """The report folder as an artifact of the parent run, and the report's figures on it."""
-    tracker.log_report(out)
+    try:
+        tracker.log_report(out)
+    except OSError as exc:  # MLflow copies the folder into its artifact store, maybe on a full disk
+        raise ReportNotRecorded(out, exc) from None
     _summarize_on_parent_run(tracker, study, report)
 
 
@@ -243,7 +254,7 @@ def exit_code(command: Callable[[], Outcome], console: Console) -> int:
     except UserError as exc:
         console.print(f"[red]error:[/red] {escape(redact(str(exc)))}")
         return exc.exit_code
-    except ReportNotWritten as exc:
+    except (ReportNotWritten, ReportNotRecorded) as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}")
         return exc.exit_code
     except (TrialsKeepFailing, WorkersStopped) as exc:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,3 +108,19 @@ class ReportInterrupted(KeyboardInterrupt):
             )
         super().__init__(kept)
         self.exit_code = exit_code
+
+
+class ReportNotRecorded(Exception):
+    """The report folder is written, but MLflow could not store its copy on the study's run (a
+    full or read-only disk under MLflow's artifacts). Exit code 1."""
+
+    exit_code = 1
+
+    def __init__(self, out: Path, error: OSError) -> None:
+        reason = error.strerror or str(error)
+        if error.errno in errno.errorcode:
+            reason += f" ({errno.errorcode[error.errno]})"
+        super().__init__(
+            f"the report is in {out}, but MLflow could not store its copy on the study's run: "
+            f"{reason}. Free some space, then run `report` again (it trains nothing again)"
+        )

@@ -310,3 +310,24 @@ def test_a_full_disk_under_the_report_folder_exits_1_and_leaves_the_earlier_repo
         assert _ends(lambda: run_study(study_copy / "tiny.toml", options, Console(quiet=True)), said) == 1
         assert {p.name: p.read_bytes() for p in out.iterdir()} == before
         assert sorted(p.name for p in disk.iterdir()) == ["ballast", "tiny"]
+
+
+@pytest.mark.slow
+def test_a_full_disk_under_mlflow_s_artifacts_exits_1_saying_where_the_report_is(
+    workdir, _mlflow_template, tiny_bert, monkeypatch
+):
+    with tmpfs(workdir / "disk", size="8m") as disk:  # the working folder: study DB, MLflow, reports
+        monkeypatch.chdir(disk)
+        shutil.copy(_mlflow_template, disk / "mlflow.db")
+        spec = write_spec(disk, model={"name": str(tiny_bert)}, budget={"trials": 2, "fe_trials": 1})
+        assert _ends(lambda: run_study(spec, Options(), Console(quiet=True))) == 0
+        size = sum(p.stat().st_size for p in (disk / "reports" / "tiny").iterdir())
+        # as on a first report: neither the report folder nor its copy in MLflow exists yet
+        shutil.rmtree(disk / "reports")
+        [copy] = disk.glob("mlruns/*/*/artifacts/report")
+        shutil.rmtree(copy)
+        room = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+        (disk / "ballast").write_bytes(b"\0" * (room - size - 96 * 1024))  # the folder fits, not twice
+        said = "error: the report is in reports/tiny, but MLflow could not store its copy on the study's run"
+        assert _ends(lambda: run_study(spec, Options(), Console(quiet=True)), said, "(ENOSPC)") == 1
+        assert json.loads((disk / "reports" / "tiny" / "report.json").read_text())["study"] == "tiny"
