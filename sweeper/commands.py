@@ -2,8 +2,8 @@
 once, checks every input before anything is written, does its work through the layers below and
 returns a typed outcome; the CLI parses arguments, calls one of these and prints the outcome.
 
-Exit codes (`exit_code`): 0 done, 1 stopped (trials keep failing, workers died), 2 bad input,
-128 + N when signal N interrupted it (130 for Ctrl-C, 143 for SIGTERM).
+Exit codes (`exit_code`): 0 done, 1 stopped (trials keep failing, workers died, a full disk refused
+the report), 2 bad input, 128 + N when signal N interrupted it (130 for Ctrl-C, 143 for SIGTERM).
 """
 
 from __future__ import annotations

@@ -331,3 +331,17 @@ def test_a_full_disk_under_mlflow_s_artifacts_exits_1_saying_where_the_report_is
         said = "error: the report is in reports/tiny, but MLflow could not store its copy on the study's run"
         assert _ends(lambda: run_study(spec, Options(), Console(quiet=True)), said, "(ENOSPC)") == 1
         assert json.loads((disk / "reports" / "tiny" / "report.json").read_text())["study"] == "tiny"
+
+
+@pytest.mark.slow
+def test_several_studies_are_all_checked_before_any_report_is_written(study_copy):
+    specs = study_copy / "specs"
+    specs.mkdir()
+    shutil.copy(study_copy / "tiny.toml", specs / "tiny.toml")
+    write_spec(specs, name="other")  # its study was never run
+    (specs / "tiny.csv").write_bytes((study_copy / "tiny.csv").read_bytes())
+    out = study_copy / "summary"
+    options = _options(study_copy, out=out)
+    said = "error: no study 'other' in sqlite:///"
+    assert _ends(lambda: make_report([specs], options, Console(quiet=True)), said) == 2
+    assert not out.exists() and _confirmation_runs(study_copy) == 0  # tiny's report not begun
