@@ -1,4 +1,4 @@
-"""python -m sweeper {study,worker,report}: each subcommand parses its arguments and makes one
+"""python -m sweeper {study,worker,report,storage-proxy}: each subcommand parses its arguments and makes one
 call into sweeper.commands, whose outcome it prints. The heavy imports (torch, transformers,
 MLflow) wait until the arguments parse, so that --help answers at once."""
 
@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_study(commands)
     _add_worker(commands)
     _add_report(commands)
+    _add_storage_proxy(commands)
     return parser
 
 
@@ -126,6 +127,39 @@ def _add_report(commands) -> None:
     report.set_defaults(run=_report)
 
 
+def _add_storage_proxy(commands) -> None:
+    proxy = commands.add_parser(
+        "storage-proxy",
+        help="serve one study DB to many workers over a few DB connections (workers: --storage grpc://H:P)",
+        description="Serve the study DB through Optuna's gRPC storage proxy, with sweeper's study "
+        "lock and heartbeats, over a fixed pool of DB connections. Workers join with "
+        "--storage grpc://HOST:PORT.",
+    )
+    proxy.add_argument(
+        "--storage",
+        required=True,
+        help="the study database URL, e.g. postgresql+psycopg://user:pass@db/sweeper",
+    )
+    proxy.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0: all)"
+    )
+    proxy.add_argument("--port", type=_port, default=13000, help="port to listen on (default: 13000)")
+    proxy.add_argument(
+        "--pool-size",
+        type=_positive_int,
+        default=4,
+        help="DB connections for all the workers' storage calls (default: 4), plus one per study lock held",
+    )
+    proxy.set_defaults(run=_storage_proxy)
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port, 1 to 65535, got {value}")
+    return value
+
+
 def _options(args: argparse.Namespace) -> Options:
     return Options(
         storage=args.storage,
@@ -156,6 +190,12 @@ def _report(args: argparse.Namespace, console: Console):
     from sweeper.commands import make_report
 
     return make_report(args.spec, _options(args), console)
+
+
+def _storage_proxy(args: argparse.Namespace, console: Console):
+    from sweeper.proxy import serve_proxy
+
+    return serve_proxy(args.storage, args.host, args.port, args.pool_size, console.print)
 
 
 def main(argv: list[str] | None = None) -> int:

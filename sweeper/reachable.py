@@ -104,6 +104,11 @@ def study_exists(url: str, name: str) -> bool:
     """Whether the study DB at ``url`` holds the study ``name``, looked up without writing: a
     missing SQLite file is no study (and is not created), an existing one is opened read-only; a
     server's tables are only read (none is created)."""
+    if url.startswith("grpc://"):
+        raise UserError(
+            f"report reads the study DB itself, not through the storage proxy {url}: give --storage "
+            "the database URL that `python -m sweeper storage-proxy` serves"
+        )
     parsed = storage_url(url)
     shown = redact(url)
     query = "SELECT 1 FROM studies WHERE study_name = :name"

@@ -16,6 +16,7 @@ from sweeper.cache import PrefixCache
 from sweeper.interrupts import stop_if_asked
 from sweeper.mlflow_writer import ProcessWriter
 from sweeper.progress import Progress
+from sweeper.proxy_client import check_proxy, is_proxy_url
 from sweeper.reachable import check_tracking_store
 from sweeper.recovery import RunFailer, StaleTrialCallback, fail_my_last_trial
 from sweeper.runtime import Prepared, StudyRuntime, prepare
@@ -56,6 +57,8 @@ def open_session(
     quiet_libraries()
     spec = settings.spec
     check_tracking_store(settings.tracking_uri)
+    if is_proxy_url(settings.storage):
+        check_proxy(settings.storage)  # in seconds, before the model and data load
     writer = ProcessWriter(settings.tracking_uri)
     if runs_trials:
         writer.start()

@@ -27,6 +27,7 @@ import sqlalchemy
 from optuna.trial import FrozenTrial
 
 from sweeper.errors import UserError
+from sweeper.proxy_client import ProxyStorage, connect_proxy, is_proxy_url
 from sweeper.reachable import check_sqlite_file, storage_url
 from sweeper.redact import redact
 
@@ -70,23 +71,31 @@ StaleTrialCallback = Callable[[optuna.Study, FrozenTrial], None]
 
 
 def make_storage(
-    url: str, heartbeat: Heartbeat | None = None, on_stale_trial: StaleTrialCallback | None = None
-) -> optuna.storages.RDBStorage:
-    """An RDB storage fit for its backend; an unusable URL is one UserError (password hidden).
+    url: str,
+    heartbeat: Heartbeat | None = None,
+    on_stale_trial: StaleTrialCallback | None = None,
+    pool_size: int | None = None,
+) -> optuna.storages.RDBStorage | ProxyStorage:
+    """An RDB storage fit for its backend, or the storage proxy at ``grpc://host:port``; an
+    unusable URL is one UserError (password hidden).
 
     ``on_stale_trial(study, trial)`` is Optuna's heartbeat-stale callback: it runs for each trial
     failed because its worker went silent (recovery.StaleTrialCallback queues it again).
+    ``pool_size``: a fixed pool of that many DB connections (the storage proxy's), instead of a
+    small pool per worker that may grow.
     """
+    heartbeat = heartbeat or Heartbeat.from_env()
+    if is_proxy_url(url):
+        return connect_proxy(url, heartbeat.interval, heartbeat.grace, on_stale_trial)
     shown = redact(url)
     parsed = storage_url(url)
-    heartbeat = heartbeat or Heartbeat.from_env()
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         check_sqlite_file(parsed.database, shown)
     try:
         if backend == "sqlite":
             _use_wal_journal(parsed.database)
-        storage = _rdb_storage(url, _engine_kwargs(backend), heartbeat, on_stale_trial)
+        storage = _rdb_storage(url, _engine_kwargs(backend, pool_size), heartbeat, on_stale_trial)
         if backend == "sqlite":
             _sync_at_checkpoints(storage.engine)
         return storage
@@ -95,11 +104,13 @@ def make_storage(
         raise UserError(f"storage URL {shown!r} is not reachable: {first}") from None
 
 
-def _engine_kwargs(backend: str) -> dict:
+def _engine_kwargs(backend: str, pool_size: int | None = None) -> dict:
     if backend == "sqlite":
         return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
     # many workers × (main thread + heartbeat thread + study lock): keep each pool small
     kwargs = {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 3, "pool_recycle": 1800}
+    if pool_size is not None:  # the proxy: never more; its many threads wait their turn
+        kwargs.update(pool_size=pool_size, max_overflow=0, pool_timeout=300)
     if backend == "postgresql":
         kwargs["connect_args"] = {"connect_timeout": 10}
     return kwargs
@@ -177,13 +188,18 @@ class StudyLock:
     finished + running trials. PostgreSQL: a transaction-level advisory lock (released with the
     transaction, or when the connection drops). MySQL/MariaDB: a named lock of the session
     (released, or dropped with the connection). SQLite: ``flock`` on a file beside the database
-    (released when the process exits). ``release`` may be called early and again.
+    (released when the process exits). Through the storage proxy: the proxy takes the DB's lock
+    and holds it while this worker's stream to it stays open (proxy_client.ProxyLock). ``release``
+    may be called early and again.
 
     Another ``scope`` is another lock over the same study: ``"report"`` lets one `report` at a
     time confirm the study, while its workers go on under the ``"study"`` lock.
     """
 
-    def __init__(self, storage: optuna.storages.RDBStorage, study_name: str, scope: str = "study") -> None:
+    def __init__(self, storage, study_name: str, scope: str = "study") -> None:
+        self._remote = storage.lock(study_name, scope) if isinstance(storage, ProxyStorage) else None
+        if self._remote is not None:
+            return
         self._engine = storage.engine
         name = f"sweeper:{study_name}" if scope == "study" else f"sweeper:{scope}:{study_name}"
         digest = hashlib.sha256(name.encode()).digest()
@@ -196,6 +212,8 @@ class StudyLock:
     def acquire(self, wait: bool = True) -> bool:
         """Take the lock, waiting for it (or, with ``wait`` false, only if it is free now);
         returns whether it is held."""
+        if self._remote is not None:
+            return self._remote.acquire(wait)
         backend, got = self._engine.dialect.name, True
         if backend == "postgresql":
             connection = self._engine.connect()
@@ -226,6 +244,8 @@ class StudyLock:
         return False
 
     def release(self) -> None:
+        if self._remote is not None:
+            return self._remote.release()
         held, self._held = self._held, None
         if held is None or held is True:
             return
