@@ -12,7 +12,6 @@ at the moment (waiting workers wait inside the proxy, on no connection).
 
 from __future__ import annotations
 
-import copy
 import logging
 import threading
 import warnings
@@ -66,7 +65,10 @@ class SweeperService:
         return {}  # gRPC takes None for a failure
 
     def stale(self, request: dict, context) -> list[int]:
-        view = copy.copy(self._rdb)  # the worker's grace period, on the same engine
+        # the worker's grace period, on the same engine (copy.copy would pickle the storage,
+        # and unpickling opens a new engine: a new pool of connections per call)
+        view = object.__new__(type(self._rdb))
+        view.__dict__.update(vars(self._rdb))
         view.grace_period = view.heartbeat_interval = int(request["grace"])
         return view._get_stale_trial_ids(int(request["study_id"]))
 

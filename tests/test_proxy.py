@@ -109,6 +109,33 @@ def test_a_trial_behind_the_proxy_whose_heartbeats_stopped_is_failed_and_its_cal
     assert stale == [silent.number]
 
 
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_the_proxy_never_holds_more_db_connections_than_its_pool_and_one_lock(proxy, db_url):
+    import psycopg
+
+    storage = connect_proxy(proxy, 1, 2)
+    study = optuna.create_study(study_name="s", storage=storage)
+    lock = StudyLock(storage, "s")
+    for _ in range(20):
+        with lock:
+            trial = study.ask()
+            storage.record_heartbeat(trial._trial_id)
+            optuna.storages.fail_stale_trials(study)
+            study.tell(trial, 1.0)
+    lock.acquire()
+    database = make_url_database(db_url)
+    with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as admin:
+        count = admin.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (database,)
+        ).fetchone()[0]
+    lock.release()
+    assert count <= 2 + 1  # the fixture's pool_size, and the lock held
+
+
+def make_url_database(url: str) -> str:
+    return sqlalchemy.engine.make_url(url).database
+
+
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_a_plain_optuna_proxy_or_a_silent_address_is_refused_in_seconds(db_url):
     port = _free_port()
