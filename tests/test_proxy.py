@@ -220,16 +220,21 @@ def test_an_unreachable_proxy_makes_the_worker_exit_2_in_seconds(workdir, tracki
     assert not (workdir / "sweeper.db").exists()
 
 
-def _start_proxy(storage: str, port: int, workdir) -> subprocess.Popen:
+def _start_proxy(storage: str, port: int, workdir, pool_size: int = 4) -> subprocess.Popen:
     proxy = subprocess.Popen(
-        [sys.executable, "-m", "sweeper", "storage-proxy", "--storage", storage, "--port", str(port)],
-        env=_env(workdir, storage, "unused"),
+        [sys.executable, "-m", "sweeper", "storage-proxy", "--storage", storage, "--port", str(port)]
+        + ["--pool-size", str(pool_size)],
+        env={**_env(workdir, storage, "unused"), "PGAPPNAME": "sweeper-proxy"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
     for line in proxy.stdout:
         if "workers join with" in line:
+            # read the rest as it comes, so that a full pipe never stops the proxy
+            proxy.rest = []
+            proxy.drain = threading.Thread(target=lambda: proxy.rest.extend(proxy.stdout), daemon=True)
+            proxy.drain.start()
             return proxy
     raise AssertionError(f"the proxy did not start: {proxy.wait()}")
 
@@ -260,8 +265,9 @@ def test_a_worker_killed_behind_the_proxy_is_replaced_and_its_trial_and_run_fail
                 code, out = _finish(worker)
                 assert code == 0, out[-3000:]
         proxy.send_signal(signal.SIGTERM)
-        code, out = _finish(proxy, timeout=30)
-        assert code == 0 and "stopped" in out, out[-2000:]
+        code = proxy.wait(30)
+        proxy.drain.join(10)
+        assert code == 0 and "stopped" in "".join(proxy.rest), proxy.rest[-20:]
     finally:
         for process in (*workers, proxy):
             process.kill()
@@ -276,3 +282,86 @@ def test_a_worker_killed_behind_the_proxy_is_replaced_and_its_trial_and_run_fail
     run = MlflowClient(tracking_uri).get_run(killed.user_attrs["mlflow_run_id"])
     assert run.info.status == "FAILED"
     assert "heartbeats" in run.data.tags["sweeper.reason"]
+
+
+class _ConnectionPeak:
+    """The most connections to ``database`` seen at once, sampled every 50 ms in a thread, not
+    counting this test process's own (application_name ``sweeper-test``)."""
+
+    def __init__(self, database: str) -> None:
+        import psycopg
+
+        self._admin = psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True)
+        self._database, self.peak, self._stop = database, 0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        query = (
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND application_name <> 'sweeper-test'"
+        )
+        while not self._stop.wait(0.05):
+            self.peak = max(self.peak, self._admin.execute(query, (self._database,)).fetchone()[0])
+
+    def __enter__(self) -> _ConnectionPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._admin.close()
+
+
+LOAD_WORKERS, LOAD_TRIALS, LOAD_POOL = 12, 60, 4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("route", ["proxy", "direct"])
+def test_twelve_workers_one_killed_end_exact_and_through_the_proxy_hold_only_its_pool(
+    route, workdir, tracking_uri, postgres_url, tiny_bert, monkeypatch
+):
+    """The load test: 12 CPU workers, 60 trials of about a second, one worker SIGKILLed mid-trial.
+    Through one proxy the DB sees its pool (+1 for the study lock, +1 slack); directly, the
+    connections grow with the workers."""
+    monkeypatch.setenv("PGAPPNAME", "sweeper-test")  # this process's own connections, not counted
+    spec = _spec(workdir, tiny_bert, trials=LOAD_TRIALS, head_epochs=10, stage_epochs=3)
+    database = sqlalchemy.engine.make_url(postgres_url).database
+    proxy, storage = None, postgres_url
+    if route == "proxy":
+        port = _free_port()
+        proxy = _start_proxy(postgres_url, port, workdir, pool_size=LOAD_POOL)
+        storage = f"grpc://127.0.0.1:{port}"
+    env = {**_env(workdir, storage, tracking_uri), "PGAPPNAME": "sweeper"}
+    command = [sys.executable, "-m", "sweeper", "worker", str(spec), "--workers", "1"]
+    with _ConnectionPeak(database) as connections:
+        workers = [
+            subprocess.Popen(
+                command, env=env, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+            for _ in range(LOAD_WORKERS)
+        ]
+        try:
+            victim, number = _kill_one_mid_trial(_load(postgres_url), workers)
+            for index, worker in enumerate(workers):
+                if index != victim:
+                    code, out = _finish(worker, timeout=900)
+                    assert code == 0, out[-3000:]
+        finally:
+            for process in (*workers, *([proxy] if proxy else [])):
+                process.kill()
+
+    study = _load(postgres_url)
+    _assert_ends_exact(study, tracking_uri, total=LOAD_TRIALS)
+    assert study.trials[number].state == TrialState.FAIL
+    finished = [t for t in study.trials if t.state in FINISHED]
+    span = (
+        max(t.datetime_complete for t in finished) - min(t.datetime_start for t in finished)
+    ).total_seconds()
+    print(
+        f"\n{route}: {LOAD_WORKERS} workers, {len(finished)} trials in {span:.1f} s "
+        f"({len(finished) / span:.2f} trials/s), peak DB connections {connections.peak}"
+    )
+    if route == "proxy":
+        assert connections.peak <= LOAD_POOL + 2
+    else:
+        assert connections.peak >= LOAD_WORKERS  # at least one per worker
