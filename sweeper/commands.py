@@ -2,8 +2,9 @@
 once, checks every input before anything is written, does its work through the layers below and
 returns a typed outcome; the CLI parses arguments, calls one of these and prints the outcome.
 
-Exit codes (`exit_code`): 0 done, 1 stopped (trials keep failing, workers died, a full disk refused
-the report), 2 bad input, 128 + N when signal N interrupted it (130 for Ctrl-C, 143 for SIGTERM).
+Exit codes (`exit_code`): 0 done, 1 stopped (trials keep failing, workers died, the storage proxy
+stopped answering, a full disk refused the report), 2 bad input, 128 + N when signal N
+interrupted it (130 for Ctrl-C, 143 for SIGTERM).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from sweeper.outcomes import (
     Where,
     WorkerOutcome,
 )
+from sweeper.proxy_client import ProxyLost, proxy_lost
 from sweeper.reachable import check_tracking_store, study_exists
 from sweeper.records import Tag
 from sweeper.redact import redact
@@ -103,11 +105,19 @@ def work(settings: Settings, console: Console) -> WorkerOutcome:
 
 
 def _run_trials(session: Session, workers: int, console: Console) -> None:
-    with signals_interrupt():
-        if workers == 1:
-            run_here(session, console)
-        else:
-            run_workers(session.study, session.settings, workers, work_in_process, session.fail_run, console)
+    try:
+        with signals_interrupt():
+            if workers == 1:
+                run_here(session, console)
+            else:
+                run_workers(
+                    session.study, session.settings, workers, work_in_process, session.fail_run, console
+                )
+    except Exception as exc:  # the storage proxy gone: one line, not gRPC's and Optuna's traceback
+        lost = proxy_lost(exc, session.settings.storage)
+        if lost is None:
+            raise
+        raise lost from None
 
 
 def work_in_process(settings: Settings) -> None:
@@ -257,7 +267,7 @@ def exit_code(command: Callable[[], Outcome], console: Console) -> int:
     except (ReportNotWritten, ReportNotRecorded) as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}")
         return exc.exit_code
-    except (TrialsKeepFailing, WorkersStopped) as exc:
+    except (TrialsKeepFailing, WorkersStopped, ProxyLost) as exc:
         console.print(f"[red]stopped:[/red] {escape(redact(str(exc)))}")
         return 1
     except KeyboardInterrupt as exc:  # `report` says what it kept; the others, what they ended

@@ -64,6 +64,27 @@ def parse_proxy_url(url: str) -> tuple[str, int]:
     return parts.hostname, port
 
 
+class ProxyLost(RuntimeError):
+    """The storage proxy stopped answering while the worker ran (exit 1, no traceback)."""
+
+
+def proxy_lost(exc: BaseException, url: str) -> ProxyLost | None:
+    """The error to show when ``exc`` (or what caused it) is the proxy no longer answering."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, grpc.RpcError) and seen.code() in (
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+        ):
+            return ProxyLost(
+                f"the storage proxy {url} stopped answering ({seen.code().name}), so this worker "
+                "stopped. Start the proxy again, then the workers: the trial this worker was running "
+                "is failed and run again by the next worker, after the heartbeat grace period"
+            )
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 class ProxyLock:
     """The study lock taken through the proxy: held while a stream to it stays open."""
 

@@ -367,3 +367,56 @@ def test_twelve_workers_one_killed_end_exact_and_through_the_proxy_hold_only_its
         assert connections.peak <= LOAD_POOL + 3
     else:
         assert connections.peak >= LOAD_WORKERS  # at least one per worker
+
+
+def _wait_for_a_running_trial(storage: str) -> None:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        study = _load(storage)
+        if study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            return
+        time.sleep(0.05)
+    raise AssertionError("no trial was ever seen running")
+
+
+@pytest.mark.slow
+def test_a_proxy_killed_mid_study_stops_its_worker_in_one_line_and_a_new_proxy_finishes_the_study(
+    workdir, tracking_uri, postgres_url, tiny_bert
+):
+    spec = _spec(workdir, tiny_bert, trials=6, head_epochs=10, stage_epochs=3)
+    port = _free_port()
+    proxy = _start_proxy(postgres_url, port, workdir)
+    env = _env(workdir, f"grpc://127.0.0.1:{port}", tracking_uri)
+    command = [sys.executable, "-m", "sweeper", "worker", str(spec), "--workers", "1"]
+    worker = subprocess.Popen(
+        command, env=env, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        _wait_for_a_running_trial(postgres_url)
+        proxy.kill()
+        proxy.wait()
+        code, out = _finish(worker)
+        assert code == 1, out[-3000:]
+        assert f"storage proxy grpc://127.0.0.1:{port} stopped answering" in out
+        assert "Traceback" not in out, out[-3000:]
+        # the same address again: a new worker finishes the study, the lost trial failed and rerun
+        proxy = _start_proxy(postgres_url, port, workdir)
+        code, out = _finish(
+            subprocess.Popen(
+                command, env=env, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+        )
+        assert code == 0, out[-3000:]
+    finally:
+        worker.kill()
+        proxy.kill()
+    trials = _load(postgres_url).trials
+    assert sum(t.state in FINISHED for t in trials) == 6
+    assert not [t.number for t in trials if t.state == TrialState.RUNNING]
+    (lost,) = [t for t in trials if t.state == TrialState.FAIL]
+    assert [t.params for t in trials if t.system_attrs.get("failed_trial") == lost.number] == [lost.params]
+    # its MLflow run (its id may never have reached the trial) ended FAILED; none is left RUNNING
+    client = MlflowClient(tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    assert not [r.info.run_id for r in runs if r.info.status == "RUNNING"]
+    assert {r.info.status for r in runs if r.data.tags.get("optuna.trial") == str(lost.number)} == {"FAILED"}
