@@ -10,8 +10,10 @@ hands either kind out in batches.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import sys
 from collections.abc import Iterator
 
 import numpy as np
@@ -23,6 +25,7 @@ from sweeper.backbones.base import BlockModel, State
 from sweeper.cache import PrefixCache, state_bytes
 from sweeper.data import EncodedData
 from sweeper.device import autocast, to_device
+from sweeper.interrupts import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +74,10 @@ class StateSource:
         loader = DataLoader(
             Subset(dataset, [int(i) for i in indices]),
             batch_sampler=[c.tolist() for c in chunks],
-            num_workers=_loader_workers(dataset),
             pin_memory=device.type == "cuda",
             # its own generator: iterating must not draw from the global RNG that dropout uses
             generator=torch.Generator(),
+            **loader_processes(_loader_workers(dataset)),
         )
         for inputs, labels in loader:
             inputs = {k: to_device(v, device) for k, v in inputs.items()}
@@ -88,6 +91,28 @@ def _loader_workers(dataset) -> int:
     if getattr(dataset, "raw", None) is not None and dataset.raw.modality == "image":
         return min(4, max(0, (os.cpu_count() or 1) - 1))
     return 0
+
+
+def loader_processes(count: int) -> dict:
+    """DataLoader arguments for ``count`` worker processes that die with the process iterating.
+
+    Under a ``--workers`` process the default start method is its forkserver's: loader workers
+    would be children of a forkserver, and torch's watchdog (which compares ``os.getppid()``
+    with the parent it started with) would never see the sweeper worker die. Forked instead, they
+    are its children, and the kernel kills each the moment its parent dies (PR_SET_PDEATHSIG)."""
+    if count == 0:
+        return {"num_workers": 0}
+    if not sys.platform.startswith("linux"):
+        return {"num_workers": count}
+    return {
+        "num_workers": count,
+        "multiprocessing_context": "fork",
+        "worker_init_fn": functools.partial(_die_with, os.getpid()),
+    }
+
+
+def _die_with(parent: int, worker_index: int) -> None:
+    die_with_parent(parent=parent)
 
 
 def _home(states: State) -> torch.device:

@@ -1,10 +1,16 @@
 """Frozen-prefix states: taken from the cache or computed live, they give the same training; a
 state advanced from a lower cached block equals one computed from the input; a random transform
-turns caching off, and the log says so."""
+turns caching off, and the log says so; DataLoader worker processes die with the process iterating."""
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -78,3 +84,64 @@ def test_without_a_cache_the_frozen_prefix_runs_on_every_batch_and_the_log_says_
         runtime.source(prepared.pretrained.build(3), "val", 5)
     assert source._states is None and source.start == 4
     assert caplog.text.count("cache is off") == 1  # said once, not per stage
+
+
+# a process started as a --workers process is (by a forkserver, whose start method it inherits)
+# iterates a DataLoader with worker processes, prints its pid and theirs, then waits
+_ITERATING = """
+import multiprocessing, os, time
+from torch.utils.data import DataLoader
+from sweeper.states import loader_processes
+
+def iterate():
+    batches = iter(DataLoader(list(range(100)), batch_size=1, **loader_processes(2)))
+    next(batches)
+    print(os.getpid(), *[w.pid for w in batches._workers], flush=True)
+    time.sleep(600)
+
+if __name__ == "__main__":
+    process = multiprocessing.get_context("forkserver").Process(target=iterate)
+    process.start()
+    process.join()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_loader_workers_are_children_of_the_iterating_process_and_die_the_moment_it_does(tmp_path):
+    script = tmp_path / "iterating.py"
+    script.write_text(_ITERATING)
+    top = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        iterating, *loaders = map(int, top.stdout.readline().split())
+        assert len(loaders) == 2
+        # torch's watchdog in each loader worker watches its parent: that must be the iterating
+        # process, not a forkserver that outlives it
+        assert {_parent_of(pid) for pid in loaders} == {iterating}
+        os.kill(iterating, signal.SIGKILL)
+        # at once: torch's own watchdog would take up to 5 s, and only if it sees the death
+        assert _all_gone_within(loaders, 1.0), "a loader worker outlived the process iterating"
+    finally:
+        top.kill()
+        top.wait()
+
+
+def _parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+
+
+def _all_gone_within(pids: list[int], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not [pid for pid in pids if _alive(pid)]:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")  # a zombie is dead, waiting for its new parent to reap it
