@@ -11,6 +11,9 @@ args)``. Child to parent: ``(call id, ok, result or error text)``. A run is name
 parent makes before the run exists; the child maps it to MLflow's run id. The child ends when its
 stdin closes, after the writes already sent: when the tracker is closed, or its process exits or
 is killed. It runs in a session of its own, so a Ctrl-C meant for the study does not cut it short.
+A process forked from the training process (a DataLoader worker) gets /dev/null in place of the
+child's pipes: its copy of the pipe would keep the child waiting for input after the training
+process is gone, or while it closes the writer.
 
 ``DirectWriter`` makes the same writes at once, in the calling thread: for runs of trials that
 another process ended, and where no child can be started.
@@ -24,6 +27,7 @@ import pickle
 import subprocess
 import sys
 import threading
+import weakref
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -150,6 +154,25 @@ def _widen(pipe) -> None:
         pass
 
 
+_children: weakref.WeakSet[_Child] = weakref.WeakSet()
+
+
+def _release_pipes_in_forked_child() -> None:
+    # over the same numbers, not closed: the pipe objects may still close them in this process
+    null = os.open(os.devnull, os.O_RDWR)
+    for child in list(_children):
+        for pipe in (child._process.stdin, child._process.stdout):
+            try:
+                os.dup2(null, pipe.fileno())
+            except (OSError, ValueError):
+                pass  # closed already
+    os.close(null)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_release_pipes_in_forked_child)
+
+
 class _Child:
     def __init__(self, tracking_uri: str) -> None:
         env = dict(os.environ)
@@ -164,6 +187,7 @@ class _Child:
             start_new_session=True,
         )
         _widen(self._process.stdin)
+        _children.add(self)
         self._pending: dict[int, Future] = {}
         self._pending_lock = threading.Lock()  # never held while the pipe may block
         self._write_lock = threading.Lock()  # one message into the pipe at a time

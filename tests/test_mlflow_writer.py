@@ -1,8 +1,10 @@
 """The writer process that makes a trial's MLflow writes: what was sent is written even when the
-worker is killed the next moment, and a writer that died is replaced without losing its runs."""
+worker is killed the next moment, a writer that died is replaced without losing its runs, and a
+process forked from the worker does not keep the writer alive."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -12,7 +14,8 @@ import time
 import pytest
 from mlflow import MlflowClient
 
-from sweeper.mlflow_writer import DirectWriter, perform
+from sweeper import mlflow_writer
+from sweeper.mlflow_writer import DirectWriter, ProcessWriter, perform
 from sweeper.tracking import StudyTracker
 
 
@@ -83,3 +86,31 @@ def test_a_dead_writer_process_is_replaced_and_the_runs_it_made_still_end(tracki
         finished = client.get_run(run.created())
         assert finished.info.status == "FINISHED" and finished.data.metrics["value"] == value
     tracker.close()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+def test_a_process_forked_from_the_training_process_does_not_keep_the_writer_waiting(
+    tracking_uri, monkeypatch, caplog
+):
+    # a DataLoader worker forked mid-trial still lives while the trial ends on an exception
+    monkeypatch.setattr(mlflow_writer, "CLOSE_TIMEOUT_S", 20)
+    writer = ProcessWriter(tracking_uri)
+    writer.start()
+    writer.flush()
+    forked_r, forked_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the forked process: waits until the test ends
+        os.close(forked_w)
+        os.read(forked_r, 1)
+        os._exit(0)
+    os.close(forked_r)
+    try:
+        child = writer._child._process
+        writer.close()
+        # the writer saw the end of its input and exited on its own, not killed after the timeout
+        assert child.returncode == 0
+        assert "did not finish" not in caplog.text
+    finally:
+        os.close(forked_w)
+        os.waitpid(pid, 0)
