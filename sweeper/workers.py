@@ -12,7 +12,11 @@ from the parent; the forkserver itself never touches CUDA.
 
 Stopping: SIGINT (Ctrl-C) or SIGTERM raises `interrupts.Interrupted` in a worker, which marks its
 running trial failed and ends its MLflow run; the parent passes SIGTERM on to its workers, waits for
-them, and kills those that do not stop.
+them, and kills those that do not stop. A parent that dies without doing so (SIGKILL, OOM killer)
+leaves no worker behind: each watches its parent's sentinel, stops as from SIGTERM when the parent
+is gone, and kills itself should that take longer than the grace period. The
+forkserver exits with the parent too (its own pipe closes), and the resource tracker when the last
+of them is gone.
 """
 
 from __future__ import annotations
@@ -21,9 +25,11 @@ import dataclasses
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from multiprocessing.connection import wait
 
 import optuna
 import torch
@@ -35,6 +41,7 @@ from sweeper.settings import Settings
 from sweeper.study import finished_trials
 
 STOP_GRACE_SECONDS = 60  # time a worker gets to mark its trial failed after SIGTERM
+THREADS_GRACE_SECONDS = 5  # time the other threads get to end once the main thread has
 # what the forkserver imports once, before it forks any worker
 PRELOAD = ["sweeper.commands"]
 
@@ -98,14 +105,46 @@ def start_workers(count: int, settings: Settings, main: WorkerMain) -> list[Work
         threads = None if gpu is not None else max(1, cores // count)
         child = dataclasses.replace(settings, workers=1, device="cpu" if gpu is None else "cuda")
         process = context.Process(
-            target=_worker_main, args=(main, child, env, threads), name=f"sweeper-worker-{index}"
+            target=_worker_main,
+            args=(main, child, env, threads, STOP_GRACE_SECONDS),
+            name=f"sweeper-worker-{index}",
         )
         process.start()
         workers.append(WorkerProcess(process, gpu))
     return workers
 
 
-def _worker_main(main: WorkerMain, settings: Settings, env: dict[str, str], threads: int | None) -> None:
+def stop_when_parent_dies(grace: float = STOP_GRACE_SECONDS) -> threading.Thread:
+    """In a worker process: once the process that started it is gone, stop as from SIGTERM (the
+    running trial is marked failed); should that not end this process within ``grace`` seconds,
+    SIGKILL it. (Its parent in the process tree is the forkserver; the sentinel is the
+    starting process's.)"""
+    sentinel = multiprocessing.parent_process().sentinel
+
+    def watch() -> None:
+        wait([sentinel])
+        os.kill(os.getpid(), signal.SIGTERM)
+        main = threading.main_thread()
+        main.join(grace)
+        if not main.is_alive():
+            # the records are ended; a thread left running must not keep this process alive
+            # (Optuna's heartbeat thread does when the signal lands while it is starting)
+            time.sleep(THREADS_GRACE_SECONDS)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    watcher = threading.Thread(target=watch, name="sweeper-parent-watch", daemon=True)
+    watcher.start()
+    return watcher
+
+
+def _worker_main(
+    main: WorkerMain,
+    settings: Settings,
+    env: dict[str, str],
+    threads: int | None,
+    grace: float,
+) -> None:
+    stop_when_parent_dies(grace)
     os.environ.update(env)
     if threads is not None:
         torch.set_num_threads(threads)
@@ -113,11 +152,12 @@ def _worker_main(main: WorkerMain, settings: Settings, env: dict[str, str], thre
 
 
 def wait_for(workers: list[WorkerProcess]) -> None:
-    """Wait until every worker has exited; on Ctrl-C or SIGTERM stop them all, then re-raise."""
+    """Wait until every worker has exited; on Ctrl-C, SIGTERM or any error stop them all, then
+    re-raise."""
     try:
         for worker in workers:
             worker.process.join()
-    except KeyboardInterrupt:
+    except BaseException:
         stop(workers)
         raise
 

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import optuna
@@ -269,3 +270,142 @@ def test_one_worker_per_visible_gpu_and_one_on_the_cpu(monkeypatch):
     assert [default_worker_count(device) for device in ("auto", "cuda", "cuda:1", "cpu")] == [2, 2, 2, 1]
     monkeypatch.setattr(workers_module, "visible_gpus", lambda: [])
     assert default_worker_count("auto") == 1
+
+
+def _digits_spec(workdir: Path, trials: int) -> Path:
+    """An image study: sklearn's digits 0 and 1 as an ImageFolder of 8x8 PNGs, resnet18 with
+    random weights at 16x16: with the cache off, each batch is decoded by DataLoader workers."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for label in (0, 1):
+        folder = workdir / "digits" / str(label)
+        folder.mkdir(parents=True)
+        for i, image in enumerate(digits.images[digits.target == label][:40]):
+            Image.fromarray((image * 15).astype("uint8")).save(folder / f"{i}.png")
+    return write_spec(
+        workdir,
+        name="digits",
+        model={"source": "torchvision", "name": "resnet18", "weights": "none", "max_length": None},
+        data={"kind": "imagefolder", "path": "digits", "image_size": 16},
+        budget={"trials": trials},
+        search={"unfrozen_blocks": [0, 2], "head_epochs": 3, "stage_epochs": 2},
+        train={"batch_size": 8},
+    )
+
+
+def _marked_env(workdir: Path, tracking_uri: str) -> tuple[dict[str, str], str]:
+    """The environment of a study whose processes can be found by a marker in theirs."""
+    value = uuid.uuid4().hex
+    env = {**_env(workdir, f"sqlite:///{workdir / 'sweeper.db'}", tracking_uri), "SWEEPER_TEST_TREE": value}
+    return env, f"SWEEPER_TEST_TREE={value}"
+
+
+def _marked(marker: str) -> dict[int, tuple[int, str]]:
+    """``{pid: (parent pid, command line)}`` of the live processes whose environment holds the
+    marker: every process a study started with it, however far down the tree."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if marker.encode() not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
+            state, parent = (entry / "stat").read_text().rpartition(")")[2].split()[:2]
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:  # exited meanwhile, or a zombie's environ
+            continue
+        if state not in ("Z", "X"):  # a zombie is dead, waiting for its new parent to reap it
+            found[int(entry.name)] = (int(parent), command)
+    return found
+
+
+def _wait_until_none_marked(
+    marker: str, seconds: float, among: list[int] | None = None
+) -> dict[int, tuple[int, str]]:
+    """The marked processes (of ``among``, if given) still alive after up to ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        left = {pid: p for pid, p in _marked(marker).items() if among is None or pid in among}
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.1)
+
+
+def _a_worker_with_helpers(marker: str, study: subprocess.Popen) -> int:
+    """The pid of a ``--workers`` process of ``study`` while DataLoader worker processes of its
+    own run (forked, so with their parent's command line; wherever they sit below it)."""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and study.poll() is None:
+        tree = _marked(marker)
+        forkservers = {pid for pid, (parent, _) in tree.items() if parent == study.pid}
+        for worker in (pid for pid, (parent, _) in tree.items() if parent in forkservers):
+            below = _descendants(tree, worker)
+            if any(tree[pid][1] == tree[tree[pid][0]][1] for pid in below):
+                return worker
+        time.sleep(0.05)
+    raise AssertionError("no worker was ever seen with DataLoader workers")
+
+
+def _descendants(tree: dict[int, tuple[int, str]], root: int) -> list[int]:
+    found, parents = [], {root}
+    while children := [pid for pid, (parent, _) in tree.items() if parent in parents]:
+        found += children
+        parents = set(children)
+    return found
+
+
+def _kill_marked(marker: str) -> None:
+    for pid in _marked(marker):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.mark.slow
+def test_a_sigkilled_image_worker_leaves_no_process_behind_once_the_study_exits(workdir, tracking_uri):
+    env, marker = _marked_env(workdir, tracking_uri)
+    spec = _digits_spec(workdir, trials=4)
+    log = workdir / "study.log"  # not a pipe: a process left behind would hold it open
+    with log.open("w") as out:
+        study = subprocess.Popen(
+            [sys.executable, "-m", "sweeper", "study", str(spec), "--workers", "3", "--no-cache"],
+            env=env,
+            cwd=workdir,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        worker = _a_worker_with_helpers(marker, study)
+        helpers = _descendants(_marked(marker), worker)
+        os.kill(worker, signal.SIGKILL)
+        # its DataLoader workers at once, its MLflow writer once it has made the writes sent
+        left = _wait_until_none_marked(marker, 10, among=helpers)
+        assert not left, f"alive after their worker was killed: {left}"
+        assert study.wait(timeout=300) == 0, log.read_text()[-3000:]
+        assert "4/4 finished trials" in log.read_text()
+        # its DataLoader workers, its MLflow writer, the forkserver, the resource tracker: all gone
+        left = _wait_until_none_marked(marker, 10)
+        assert not left, f"alive after the study exited: {left}"
+    finally:
+        study.kill()
+        _kill_marked(marker)
+
+
+@pytest.mark.slow
+def test_a_sigkilled_study_takes_its_workers_and_their_helpers_with_it(workdir, tracking_uri):
+    env, marker = _marked_env(workdir, tracking_uri)
+    spec = _digits_spec(workdir, trials=40)
+    study = _sweeper("study", str(spec), "--workers", "2", "--no-cache", env=env, cwd=workdir)
+    try:
+        _a_worker_with_helpers(marker, study)
+        study.kill()
+        study.wait()
+        # the workers stop as from SIGTERM (their trials marked failed), their helpers at once
+        left = _wait_until_none_marked(marker, 30)
+        assert not left, f"alive after the study was killed: {left}"
+    finally:
+        study.kill()
+        _kill_marked(marker)
