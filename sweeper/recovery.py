@@ -79,6 +79,16 @@ def reap_stale_trials(study: optuna.Study) -> None:
         optuna.storages.fail_stale_trials(study)
 
 
+def name_the_trial_being_claimed(study: optuna.Study) -> None:
+    """Ctrl-C or SIGTERM landed after Optuna created a trial and before this worker's objective
+    named it (as Optuna starts the heartbeat thread, say). Called while this worker holds the study
+    lock, when every other worker names its trial before letting the lock go: the RUNNING trial
+    without a worker is this one. Named, the interrupt path (:func:`fail_my_last_trial`) fails it."""
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if TrialAttr.WORKER not in trial.user_attrs:
+            study._storage.set_trial_user_attr(trial._trial_id, TrialAttr.WORKER, worker_id())
+
+
 def fail_trials_of_workers(
     study: optuna.Study, reasons: dict[str, str], fail_run: Callable[[FrozenTrial, str], None] | None
 ) -> list[int]:

@@ -25,7 +25,7 @@ from sweeper.records import (
     strategy_for,
     worker_id,
 )
-from sweeper.recovery import reap_stale_trials
+from sweeper.recovery import name_the_trial_being_claimed, reap_stale_trials
 from sweeper.search_space import baseline_configs, max_total_epochs
 from sweeper.spec import Spec
 from sweeper.storage import StudyLock
@@ -257,18 +257,22 @@ def _run_one_trial(
     arm = arms.next_arm(study) if arms is not None else None
 
     def objective_once_claimed(trial: optuna.Trial) -> float:
-        # the trial is RUNNING in the storage now: every other worker counts it (and its arm)
+        # RUNNING now, counted by all (with its arm); named before the lock goes (see recovery)
+        trial.set_user_attr(TrialAttr.WORKER, worker_id())
+        claimed.append(trial.number)
         if arm is not None:
             trial.set_user_attr(TrialAttr.ARM, arm)
         lock.release()
-        claimed.append(trial.number)
-        trial.set_user_attr(TrialAttr.WORKER, worker_id())
         return objective(trial)
 
     try:
         study.optimize(
             objective_once_claimed, n_trials=1, catch=(Exception,), callbacks=[failures], gc_after_trial=False
         )
+    except KeyboardInterrupt:
+        if not claimed:
+            name_the_trial_being_claimed(study)
+        raise
     except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
         if not claimed or _state_of(study, claimed[0]) != TrialState.FAIL:
             raise

@@ -4,6 +4,8 @@ freed before the next trial."""
 
 from __future__ import annotations
 
+import signal
+
 import optuna
 import pytest
 from mlflow import MlflowClient
@@ -11,9 +13,13 @@ from optuna.trial import TrialState
 
 from sweeper.commands import run_study
 from sweeper.errors import UserError
+from sweeper.interrupts import Interrupted
+from sweeper.records import TrialAttr, worker_id
+from sweeper.recovery import fail_trials_of_workers
 from sweeper.settings import Options
 from sweeper.spec import load_spec
-from sweeper.study import FINISHED, make_pruner
+from sweeper.storage import StudyLock, make_storage
+from sweeper.study import FINISHED, make_pruner, run_trials
 from sweeper.tracking import StudyTracker
 from sweeper.trial import make_objective
 from tests.conftest import runtime_for, write_spec
@@ -180,3 +186,25 @@ def test_the_sampler_models_each_arm_on_its_own_trials():
     )
     by_arm = _mean_blocks_drawn_for_fine_tuning(ArmSampler(seed=0, n_startup_trials=3))
     assert mixed < 2.5 < 3.5 < by_arm
+
+
+class _InterruptedAsOptunaCreatesTheTrial(optuna.samplers.RandomSampler):
+    """SIGTERM landing after Optuna created the trial (RUNNING in the DB), before the objective
+    ran: Optuna calls ``before_trial`` in that window, as it starts the heartbeat thread there."""
+
+    def before_trial(self, study, trial):
+        raise Interrupted(signal.SIGTERM)
+
+
+def test_an_interrupt_before_the_objective_leaves_no_trial_running_unowned(tmp_path):
+    storage = make_storage(f"sqlite:///{tmp_path / 'sweeper.db'}")
+    study = optuna.create_study(study_name="s", storage=storage, sampler=_InterruptedAsOptunaCreatesTheTrial())
+    lock = StudyLock(storage, "s")
+    with pytest.raises(Interrupted):
+        run_trials(study, lambda trial: 1.0, 3, lock, poll_seconds=0.01)
+
+    [trial] = study.get_trials(deepcopy=False)
+    assert trial.state == TrialState.RUNNING
+    assert trial.user_attrs[TrialAttr.WORKER] == worker_id()  # so the worker's interrupt path finds it
+    assert fail_trials_of_workers(study, {worker_id(): "Interrupted: SIGTERM"}, None) == [trial.number]
+    assert StudyLock(storage, "s").acquire(wait=False)  # and the lock was let go
