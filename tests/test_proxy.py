@@ -378,7 +378,9 @@ def _wait_for_a_running_trial(storage: str) -> None:
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         study = _load(storage)
-        if study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        # mid-training (an epoch reported), not while the trial is still being claimed: a trial
+        # lost before its parameters were drawn is rerun with fresh ones, not its own
+        if any(t.intermediate_values for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))):
             return
         time.sleep(0.05)
     raise AssertionError("no trial was ever seen running")
