@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from sweeper.digests import digest, tensor_digest
+from sweeper.digests import digest, files_digests, sequence_digest, tensor_digest
 from sweeper.errors import UserError
 from sweeper.images import decodable_images
 from sweeper.readers import TextRows, read_csv, read_jsonl
@@ -32,6 +32,16 @@ class RawData:
     classes: list[str]
     description: str
     dropped: int = 0  # examples left out under [data] on_missing = "drop"
+    _digest: str | None = field(default=None, init=False, repr=False, compare=False)
+
+    def digest(self) -> str:
+        """A digest of the examples (texts, image file contents, tensor bytes), their labels and
+        the class names, in order: what the study's identity holds of its data. Not of file names
+        or times: a copied or touched file is the same data; an edited one is not."""
+        if self._digest is None:
+            header = {"modality": self.modality, "classes": self.classes, "labels": self.labels}
+            self._digest = sequence_digest(header, _example_digests(self.modality, self.examples))
+        return self._digest
 
 
 Loader = Callable[[DataSection, Spec], RawData]
@@ -220,10 +230,7 @@ class EncodedData(Dataset):
         """A digest of what the model will see: the cache key's data part."""
         if self._tokens is not None:
             return tensor_digest({**self._tokens, "labels": self.labels})
-        examples = [_example_identity(e) for e in self.raw.examples]
-        return digest(
-            {"examples": examples, "labels": self.labels.tolist(), "transform": repr(self._transform)}
-        )
+        return digest({"examples": self.raw.digest(), "transform": repr(self._transform)})
 
     @property
     def random_augmentation(self) -> str | None:
@@ -236,11 +243,13 @@ class EncodedData(Dataset):
         return {"pixel_values": self._transform(_open_image(self.raw.examples[i]))}, self.labels[i]
 
 
-def _example_identity(example) -> str:
-    if isinstance(example, str):
-        stat = Path(example).stat()
-        return f"{example}|{stat.st_size}|{stat.st_mtime_ns}"
-    return tensor_digest({"x": example})
+def _example_digests(modality: str, examples: list[Any]) -> list[str]:
+    """Texts as they are; image files by their bytes; tensors (in-memory images) by theirs."""
+    if modality == "text":
+        return examples
+    files = [e for e in examples if isinstance(e, str)]
+    by_file = iter(files_digests(files))
+    return [next(by_file) if isinstance(e, str) else tensor_digest({"x": e}) for e in examples]
 
 
 def find_random_transform(transform) -> str | None:

@@ -3,15 +3,21 @@ stratified, disjoint, complete and a function of the seed alone."""
 
 from __future__ import annotations
 
+import csv
+import io
+import os
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
-from sweeper.data import LOADERS, load_raw, split_indices
+from sweeper.backbones.loading import _image_transform
+from sweeper.data import LOADERS, EncodedData, RawData, load_raw, split_indices
 from sweeper.errors import UserError
 from sweeper.spec import load_spec
-from tests.conftest import write_spec
+from tests.conftest import _to_toml, write_spec
 
 
 def test_an_unknown_data_kind_is_refused_with_the_registry_s_names(tmp_path):
@@ -117,3 +123,85 @@ def test_a_class_with_too_few_examples_for_three_splits_is_refused(tmp_path):
     spec = load_spec(write_spec(tmp_path, data={"path": "few.csv"}))
     with pytest.raises(UserError, match="class 'b' has 2 examples; every class needs at least 3"):
         load_raw(spec)
+
+
+# --- the data digest: what the study's identity holds of its data -------------------------------
+
+
+def _csv_digest(spec_path) -> str:
+    return load_raw(load_spec(spec_path)).digest()
+
+
+def test_the_data_digest_is_the_same_on_every_load_and_ignores_the_file_s_times(tmp_path):
+    spec = write_spec(tmp_path)
+    first = _csv_digest(spec)
+    os.utime(tmp_path / "tiny.csv", (1_000_000, 1_000_000))  # touched, not changed
+    assert _csv_digest(spec) == first
+
+
+def _rewrite_csv(path, change) -> None:
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows(change(rows))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param(lambda rows: [rows[0], [rows[1][0], rows[-1][1]], *rows[2:]], id="a flipped label"),
+        pytest.param(lambda rows: [*rows, ["splendid", "positive"]], id="an added row"),
+        pytest.param(lambda rows: [rows[0], ["x" + rows[1][0], rows[1][1]], *rows[2:]], id="an edited text"),
+    ],
+)
+def test_the_data_digest_changes_with_the_examples_or_labels(tmp_path, change):
+    spec = write_spec(tmp_path)
+    before = _csv_digest(spec)
+    _rewrite_csv(tmp_path / "tiny.csv", change)
+    assert _csv_digest(spec) != before
+
+
+def _png(seed: int) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _image_spec(root, folder):
+    for c, name in enumerate(("cat", "dog")):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for i in range(3):
+            (folder / name / f"{i}.png").write_bytes(_png(10 * c + i))
+    spec = {
+        "study": {"name": "img"},
+        "model": {"source": "torchvision", "name": "resnet18", "weights": "none"},
+        "data": {"kind": "imagefolder", "path": str(folder), "image_size": 32},
+    }
+    path = root / f"{folder.name}.toml"
+    path.write_text(_to_toml(spec))
+    return load_spec(path)
+
+
+def test_an_image_folder_s_digest_and_cache_key_follow_the_files_bytes_not_their_paths_or_times(tmp_path):
+    spec = _image_spec(tmp_path, tmp_path / "images")
+    raw = load_raw(spec)
+    transform = _image_transform(None, 32)
+    key = EncodedData(raw, image_transform=transform).fingerprint()
+    os.utime(tmp_path / "images" / "cat" / "0.png", (1_000_000, 1_000_000))
+    copied = load_raw(_image_spec(tmp_path, tmp_path / "elsewhere"))  # the same files in another folder
+    assert load_raw(spec).digest() == raw.digest() == copied.digest()
+    assert EncodedData(load_raw(spec), image_transform=transform).fingerprint() == key
+
+    (tmp_path / "images" / "cat" / "0.png").write_bytes(_png(99))  # same name, other pixels
+    assert load_raw(spec).digest() != raw.digest()
+    assert EncodedData(load_raw(spec), image_transform=transform).fingerprint() != key
+
+
+def test_in_memory_images_are_digested_by_their_bytes(tmp_path):
+    spec = load_spec(write_spec(tmp_path, data={"kind": "digits", "path": None}))
+    raw = load_raw(spec)
+    assert raw.digest() == load_raw(spec).digest()
+    raw.examples[0] = raw.examples[0].clone()
+    raw.examples[0][0, 0, 0] += 1
+    assert RawData(raw.modality, raw.examples, raw.labels, raw.classes, "").digest() != raw.digest()
