@@ -25,6 +25,7 @@ _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 _HEAD_PREFIXES = ("fc.", "classifier.", "heads.", "head.")
 PACKAGE_PREFIX = "package:"
+RANDOM_INIT_SEED = 0
 
 
 @dataclass
@@ -39,7 +40,8 @@ class Pretrained:
 
     @functools.cached_property
     def digest(self) -> str:
-        """A digest of the pretrained weights: the cache key's model part."""
+        """A digest of the pretrained weights (every tensor of the state dict, by name): the
+        cache key's model part, and the study identity's."""
         return tensor_digest(dict(self.module.state_dict()))
 
     @functools.cached_property
@@ -74,10 +76,16 @@ class Pretrained:
 def load_pretrained(
     model: ModelSection, resolve=lambda p: Path(p), image_size: int | None = None
 ) -> Pretrained:
-    """Load the spec's model; a bad name or weights value is one UserError saying what is allowed."""
-    if model.source == "torchvision":
-        return _load_torchvision(model, resolve, image_size)
-    return _load_transformers(model, resolve)
+    """Load the spec's model; a bad name or weights value is one UserError saying what is allowed.
+
+    What the checkpoint does not hold (all of it with ``weights = "none"``, a pooler it lacks) is
+    initialised from a fixed seed, so that every process loads the same weights (the study's
+    identity holds their digest) and the caller's random state is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(RANDOM_INIT_SEED)  # initialised on the CPU
+        if model.source == "torchvision":
+            return _load_torchvision(model, resolve, image_size)
+        return _load_transformers(model, resolve)
 
 
 def _load_torchvision(model: ModelSection, resolve, image_size: int | None) -> Pretrained:

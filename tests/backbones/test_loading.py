@@ -4,6 +4,9 @@ files are refused with what is allowed."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from torchvision import models as tvm
@@ -66,3 +69,53 @@ def test_a_weights_file_for_another_number_of_classes_loads_with_its_head_replac
         ModelSection(source="torchvision", name="resnet18", weights=str(path)), lambda p: tmp_path / p
     )
     assert loaded.family.name == "resnet" and loaded.num_blocks == 4
+
+
+DIGEST_OF = """
+import sys
+from sweeper.backbones.loading import load_pretrained
+from sweeper.spec import ModelSection
+source, name, weights = sys.argv[1:]
+print(load_pretrained(ModelSection(source=source, name=name, weights=weights)).digest)
+"""
+
+
+def _digest_in_a_new_process(source: str, name: str, weights: str = "DEFAULT") -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", DIGEST_OF, source, name, weights], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()[-1]
+
+
+@pytest.fixture(scope="module")
+def bert_without_pooler(tmp_path_factory):
+    """A tiny BERT saved without its pooler: loading it initialises the pooler afresh."""
+    from transformers import BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("no-pooler")
+    config = BertConfig(
+        vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+    )
+    BertModel(config, add_pooling_layer=False).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["torchvision weights none", "transformers without a pooler"])
+def test_randomly_initialised_weights_are_the_same_in_every_process(case, bert_without_pooler):
+    """The study's identity holds the weights' digest: a worker process must load what the
+    study's first process loaded."""
+    if case == "torchvision weights none":
+        args = ("torchvision", "resnet18", "none")
+    else:
+        args = ("transformers", str(bert_without_pooler), "DEFAULT")
+    assert _digest_in_a_new_process(*args) == _digest_in_a_new_process(*args)
+
+
+def test_loading_a_model_leaves_the_caller_s_random_state_as_it_was():
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    load_pretrained(ModelSection(source="torchvision", name="resnet18", weights="none"))
+    assert torch.equal(torch.rand(3), expected)
