@@ -23,8 +23,9 @@ from rich.markup import escape
 
 from sweeper.cache import PrefixCache
 from sweeper.confirm import RuntimeFactory
-from sweeper.data import RawData, Splits
 from sweeper.errors import UserError
+from sweeper.identity import StudyIdentity
+from sweeper.identity import check as check_identity
 from sweeper.interrupts import signals_interrupt
 from sweeper.outcomes import (
     Outcome,
@@ -49,7 +50,7 @@ from sweeper.report import (
     write_summary,
 )
 from sweeper.report.build import elapsed_seconds
-from sweeper.runtime import StudyRuntime, labelled_split, prepare
+from sweeper.runtime import Prepared, StudyRuntime, prepare
 from sweeper.session import Session, open_session, quiet_libraries, run_here
 from sweeper.settings import Options, Settings, default_spec_path, resolve
 from sweeper.spec import load_spec
@@ -147,9 +148,11 @@ def make_report(spec_paths: list[Path], options: Options, console: Console | Non
         ]
         for settings in several:
             _check_report_inputs(settings)
+        # every study's data and weights checked (and loaded once) before any report
+        prepared = [_prepared_and_checked(settings, _load_study(settings)) for settings in several]
         reports, links, where = [], [], None
-        for settings in several:
-            report, tracker = _report_one(settings, console)
+        for settings, loaded in zip(several, prepared, strict=True):
+            report, tracker = _report_one(settings, console, loaded)
             reports.append(report)
             links.append(f"{settings.spec.study.name}/report.html")
             where = _where(settings, out, tracker)
@@ -169,15 +172,32 @@ def _check_report_inputs(settings: Settings) -> None:
         )
 
 
-def _report_one(settings: Settings, console: Console) -> tuple[Report, StudyTracker]:
+def _load_study(settings: Settings, storage: optuna.storages.BaseStorage | None = None) -> optuna.Study:
+    storage = storage or make_storage(settings.storage)
+    return optuna.load_study(study_name=settings.spec.study.name, storage=storage)
+
+
+def _prepared_and_checked(settings: Settings, study: optuna.Study) -> Prepared:
+    """The spec's model and data, loaded, and checked to be those the study's trials ran on (its
+    identity): a report on other data or weights is refused before any confirmation run trains."""
+    spec = settings.spec
+    prepared = prepare(spec, settings.device)
+    check_identity(study, spec, StudyIdentity.of(spec, prepared.data.raw, prepared.pretrained))
+    return prepared
+
+
+def _report_one(
+    settings: Settings, console: Console, prepared: Prepared | None = None
+) -> tuple[Report, StudyTracker]:
     spec, written = settings.spec, False
     storage = make_storage(settings.storage)
-    study = optuna.load_study(study_name=spec.study.name, storage=storage)
+    study = _load_study(settings, storage)
     try:
+        prepared = prepared or _prepared_and_checked(settings, study)
+        raw, splits = prepared.data.raw, prepared.splits
         with _report_lock(storage, spec.study.name, console):
-            raw, splits = labelled_split(spec)
             tracker = StudyTracker(settings.tracking_uri, spec.study.name)
-            runtimes = _runtimes(settings, (raw, splits))
+            runtimes = _runtimes(settings, prepared)
             report = report_study(
                 study, spec, raw.labels, raw.classes, splits, runtimes, console.print, dropped=raw.dropped
             )
@@ -207,17 +227,14 @@ def _report_lock(storage: optuna.storages.RDBStorage, name: str, console: Consol
         lock.release()
 
 
-def _runtimes(settings: Settings, labelled: tuple[RawData, Splits]) -> RuntimeFactory:
-    """Runtimes for the confirmation runs: the model and data load once (when first needed);
-    each runtime has an empty frozen-prefix cache in memory, not the disk cache, so that each arm
-    computes its own prefix states and its cost is that of a run from scratch, whatever the
-    search left on disk (--no-cache: none at all)."""
-    loaded = []
+def _runtimes(settings: Settings, prepared: Prepared) -> RuntimeFactory:
+    """Runtimes for the confirmation runs, on the model and data loaded once: each runtime has an
+    empty frozen-prefix cache in memory, not the disk cache, so that each arm computes its own
+    prefix states and its cost is that of a run from scratch, whatever the search left on disk
+    (--no-cache: none at all)."""
 
     def runtime() -> StudyRuntime:
-        if not loaded:
-            loaded.append(prepare(settings.spec, settings.device, labelled=labelled))
-        return StudyRuntime(loaded[0], PrefixCache(None) if settings.cache_dir is not None else None)
+        return StudyRuntime(prepared, PrefixCache(None) if settings.cache_dir is not None else None)
 
     return runtime
 

@@ -4,8 +4,8 @@ training split and scored on the held-out test split. Only this module touches t
 The search picked each arm's best trial by its validation score, so that score is biased upwards
 (the winner of many noisy draws); fresh seeds scored on unseen examples are not. A confirmation
 run is a `fit` run, as a trial is, with a confirmation seed. Runs are cached in the study's user
-attributes, keyed by configuration, seed and training settings, so rebuilding the report does not
-train again. The frozen-feature linear probe of the decision matrix lives here too.
+attributes, keyed by configuration, seed, training settings and the digests of the data and the
+weights, so rebuilding the report does not train again. The frozen-feature linear probe of the decision matrix lives here too.
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ from sweeper.train import TrainSettings, evaluate
 
 # version 2: runs train through `fit` (the batch order follows the spec's seed, [train] compile
 # applies); version 3: a run ends at its best epoch ([train] rollback) and each stage has its
-# learning-rate schedule. Runs cached by earlier versions are not mixed with new ones
-CACHE_VERSION = 3
+# learning-rate schedule; version 4: keyed by the digests of the data and the weights too (the
+# study's identity). Runs cached by earlier versions are not mixed with new ones
+CACHE_VERSION = 4
 PROBE_VERSION = 1
 
 RuntimeFactory = Callable[[], StudyRuntime]  # a fresh runtime (empty frozen-prefix cache) per call
@@ -95,8 +96,9 @@ class _ArmRuns:
         self.runtime: StudyRuntime | None = None
 
     def run(self, seed: int, budget: int, train: bool) -> dict | None:
-        key = StudyAttr.CONFIRMATION_PREFIX + _cache_key(self.spec, self.config, seed)
-        cached = self.study.user_attrs.get(key)
+        attrs = self.study.user_attrs
+        key = StudyAttr.CONFIRMATION_PREFIX + _cache_key(self.spec, self.config, seed, attrs)
+        cached = attrs.get(key)
         if cached is not None or not train:
             return cached
         self.runtime = self.runtime or self.factory()
@@ -108,9 +110,13 @@ class _ArmRuns:
         return cached
 
 
-def _cache_key(spec, config: TrialConfig, seed: int) -> str:
+def _cache_key(spec, config: TrialConfig, seed: int, study_attrs: dict) -> str:
+    """The run's configuration, seed and training settings, and the data and weights it trains on:
+    those the study's trials ran on (its identity), which `report` has checked to be the spec's now."""
     parts = {
         "version": CACHE_VERSION,
+        "data": study_attrs.get(StudyAttr.DATA_DIGEST),
+        "weights": study_attrs.get(StudyAttr.WEIGHTS_DIGEST),
         "params": config.params(),
         "seed": seed,
         "train": spec.train.model_dump(mode="json", exclude={"device"}),

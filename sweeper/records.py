@@ -45,6 +45,8 @@ class StudyAttr:
     """Optuna user attributes of a study."""
 
     FINGERPRINT = "sweeper.fingerprint"  # what its trials measure; a changed spec is refused
+    DATA_DIGEST = "sweeper.data_digest"  # of its examples and labels (`RawData.digest`)
+    WEIGHTS_DIGEST = "sweeper.weights_digest"  # of the pretrained weights (`Pretrained.digest`)
     PROBE = "sweeper.probe"  # the frozen-feature linear probe of the decision matrix
     CONFIRMATION_PREFIX = "sweeper.confirm."  # + a key: one cached confirmation run
     FT_BASELINE_QUEUED = "sweeper.fine_tuning_baseline_queued"  # once the feature-extraction arm is done

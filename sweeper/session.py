@@ -13,6 +13,7 @@ import transformers
 from rich.console import Console
 
 from sweeper.cache import PrefixCache
+from sweeper.identity import StudyIdentity
 from sweeper.interrupts import stop_if_asked
 from sweeper.mlflow_writer import ProcessWriter
 from sweeper.progress import Progress
@@ -71,7 +72,8 @@ def open_session(
         if runs_trials:
             writer.open()  # the store exists now (the experiment is in it)
         lock = StudyLock(storage, spec.study.name)
-        study = open_study(spec, storage, lock, sampler_salt)
+        identity = StudyIdentity.of(spec, prepared.data.raw, prepared.pretrained)
+        study = open_study(spec, storage, lock, identity, sampler_salt)
         with lock:  # workers starting together make one parent run
             tracker.describe_study(flat_spec(spec), spec.source_path)
         yield Session(settings, prepared, study, lock, tracker, heartbeat)

@@ -5,7 +5,6 @@ whatever dies. The storage and the study lock live in storage.py."""
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -15,7 +14,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeper.budget import ArmBudget
-from sweeper.errors import UserError
+from sweeper.identity import StudyIdentity, record_or_check
 from sweeper.records import (
     FEATURE_EXTRACTION,
     FINE_TUNING,
@@ -49,8 +48,15 @@ def make_pruner(spec: Spec) -> optuna.pruners.BasePruner:
     )
 
 
-def open_study(spec: Spec, storage: optuna.storages.BaseStorage, lock: StudyLock, sampler_salt: int = 0):
-    """Create or continue the spec's study; refuse one whose search space has changed.
+def open_study(
+    spec: Spec,
+    storage: optuna.storages.BaseStorage,
+    lock: StudyLock,
+    identity: StudyIdentity,
+    sampler_salt: int = 0,
+):
+    """Create or continue the spec's study; refuse one whose identity (search space, data,
+    weights) has changed.
 
     Under the study lock, so that workers starting together create one study and queue the
     baselines once (where each arm has its budget, only feature extraction's: fine-tuning's is
@@ -73,7 +79,7 @@ def open_study(spec: Spec, storage: optuna.storages.BaseStorage, lock: StudyLock
             direction=spec.study.direction,
             load_if_exists=True,
         )
-        _check_fingerprint(study, spec)
+        record_or_check(study, spec, identity)
         if not study.trials:
             separate = ArmBudget.of(spec).separate
             for config in baseline_configs(spec.search):
@@ -165,34 +171,6 @@ def _existing_trial_count(storage, name: str) -> int:
     except KeyError:
         return 0
     return len(storage.get_all_trials(study_id, deepcopy=False))
-
-
-def _check_fingerprint(study: optuna.Study, spec: Spec) -> None:
-    wanted = json.loads(json.dumps(spec.search_fingerprint()))
-    stored = study.user_attrs.get(StudyAttr.FINGERPRINT)
-    if stored is None:
-        study.set_user_attr(StudyAttr.FINGERPRINT, wanted)
-        return
-    if stored != wanted:
-        changed = _describe_changes(stored, wanted)
-        raise UserError(
-            f"{spec.source_path}: study {spec.study.name!r} was created with another search space "
-            f"({changed}); its trials would not be comparable. Restore the spec, or give "
-            "[study] name a new value to start a new study"
-        )
-
-
-def _describe_changes(stored: dict, wanted: dict) -> str:
-    changes = []
-    for section in sorted(set(stored) | set(wanted)):
-        old, new = stored.get(section), wanted.get(section)
-        if isinstance(old, dict) and isinstance(new, dict):
-            for key in sorted(set(old) | set(new)):
-                if old.get(key) != new.get(key):
-                    changes.append(f"[{section}] {key} was {old.get(key)!r}, now {new.get(key)!r}")
-        elif old != new:
-            changes.append(f"{section} was {old!r}, now {new!r}")
-    return "; ".join(changes)
 
 
 def finished_trials(study: optuna.Study) -> int:

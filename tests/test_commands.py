@@ -4,6 +4,7 @@ per way a command can end."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -17,7 +18,7 @@ import pytest
 from mlflow import MlflowClient
 from rich.console import Console
 
-from sweeper.commands import exit_code, make_report, run_study
+from sweeper.commands import exit_code, make_report, run_study, run_worker
 from sweeper.errors import UserError
 from sweeper.interrupts import Interrupted
 from sweeper.records import StudyAttr
@@ -345,3 +346,49 @@ def test_several_studies_are_all_checked_before_any_report_is_written(study_copy
     said = "error: no study 'other' in sqlite:///"
     assert _ends(lambda: make_report([specs], options, Console(quiet=True)), said) == 2
     assert not out.exists() and _confirmation_runs(study_copy) == 0  # tiny's report not begun
+
+
+# --- the study's identity: data changed since the study started --------------------------------
+
+
+def _flip_labels(path: Path) -> None:
+    """Every positive word made negative and every negative one positive, as an edit might."""
+    swap = {"positive": "negative", "negative": "positive"}
+    lines = path.read_text().splitlines()
+    flipped = [lines[0]] + [
+        f"{t},{swap.get(label, label)}" for t, label in (x.rsplit(",", 1) for x in lines[1:])
+    ]
+    path.write_text("\n".join(flipped) + "\n")
+
+
+def _trial_count(storage: str) -> int:
+    return len(optuna.load_study(study_name="tiny", storage=storage).trials)
+
+
+@pytest.mark.slow
+def test_changed_data_is_refused_by_study_worker_and_report_with_exit_2_and_nothing_added(study_copy):
+    storage = _options(study_copy).storage
+    trials, report_files = _trial_count(storage), sorted((study_copy / "reports" / "tiny").iterdir())
+    _flip_labels(study_copy / "tiny.csv")
+    spec, said = study_copy / "tiny.toml", "was created with other data (the examples or labels of"
+    quiet = Console(quiet=True)
+    assert _ends(lambda: run_study(spec, _options(study_copy, trials=3), quiet), said, "new value") == 2
+    assert _ends(lambda: run_worker(spec, _options(study_copy, trials=3), quiet), said) == 2
+    assert _ends(lambda: make_report([spec], _options(study_copy), quiet), said) == 2
+    assert _trial_count(storage) == trials and _confirmation_runs(study_copy) == 0
+    assert sorted((study_copy / "reports" / "tiny").iterdir()) == report_files
+
+
+@pytest.mark.slow
+def test_changed_data_is_refused_on_postgresql_too(workdir, tracking_uri, postgres_url, tiny_bert):
+    spec = write_spec(workdir, model={"name": str(tiny_bert)}, budget={"trials": 2, "fe_trials": 1})
+    options = Options(storage=postgres_url, tracking_uri=tracking_uri)
+    assert _ends(lambda: run_study(spec, options, Console(quiet=True))) == 0
+    trials = _trial_count(postgres_url)
+    _flip_labels(workdir / "tiny.csv")
+    more = dataclasses.replace(options, trials=3)
+    assert _ends(lambda: run_study(spec, more, Console(quiet=True)), "was created with other data") == 2
+    assert (
+        _ends(lambda: make_report([spec], options, Console(quiet=True)), "was created with other data") == 2
+    )
+    assert _trial_count(postgres_url) == trials

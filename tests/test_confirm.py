@@ -11,11 +11,13 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from sweeper import commands, confirm, fit, runtime
+from sweeper import commands, confirm, fit
 from sweeper import train as train_module
-from sweeper.records import strategy_of
+from sweeper.config import TrialConfig
+from sweeper.records import StudyAttr, strategy_of
 from sweeper.runtime import StudyRuntime
 from sweeper.settings import Options
+from sweeper.spec import load_spec
 from tests.conftest import write_spec
 
 
@@ -84,9 +86,9 @@ def test_only_confirmation_touches_the_test_split_and_its_runs_are_cached(
     assert 0 < report.forgetting.confirmed.cka <= 1
     _forgetting_is_logged_per_stage(spec, tracking_uri)
 
-    # a second report, of the folder: nothing trains (loading the model would fail here)
-    monkeypatch.setattr(commands, "prepare", _must_not_load)
-    monkeypatch.setattr(runtime, "prepare", _must_not_load)
+    # a second report, of the folder: nothing trains (the model loads, to check the study's
+    # identity, but building a runtime to train in would fail here)
+    monkeypatch.setattr(commands, "StudyRuntime", _must_not_train)
     for key in splits_used:
         splits_used[key].clear()
     again = commands.make_report([folder], options)
@@ -139,5 +141,15 @@ def _forgetting_is_logged_per_stage(spec, tracking_uri: str) -> None:
         assert sorted(m.step for m in history) == list(range(1, stages + 1))
 
 
-def _must_not_load(*_args, **_kwargs):
+def _must_not_train(*_args, **_kwargs):
     raise AssertionError("the report trained again instead of reading its cached runs")
+
+
+def test_confirmation_runs_are_keyed_by_the_data_and_the_weights_the_study_ran_on(tmp_path):
+    spec = load_spec(write_spec(tmp_path))
+    config = TrialConfig(0, 1e-3, 1)
+    recorded = {StudyAttr.DATA_DIGEST: "data-1", StudyAttr.WEIGHTS_DIGEST: "weights-1"}
+    key = confirm._cache_key(spec, config, 0, recorded)
+    assert confirm._cache_key(spec, config, 0, dict(recorded)) == key
+    assert confirm._cache_key(spec, config, 0, {**recorded, StudyAttr.DATA_DIGEST: "data-2"}) != key
+    assert confirm._cache_key(spec, config, 0, {**recorded, StudyAttr.WEIGHTS_DIGEST: "weights-2"}) != key

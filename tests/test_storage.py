@@ -130,13 +130,14 @@ import sys, time
 from pathlib import Path
 from sweeper.spec import load_spec
 from sweeper.storage import StudyLock, make_storage
+from sweeper.identity import StudyIdentity
 from sweeper.study import open_study
 spec, url, go = load_spec(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 storage = make_storage(url)
 print("ready", flush=True)
 while not go.exists():
     time.sleep(0.01)
-open_study(spec, storage, StudyLock(storage, spec.study.name))
+open_study(spec, storage, StudyLock(storage, spec.study.name), StudyIdentity({}, "data", "weights"))
 """
 
 
