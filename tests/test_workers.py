@@ -144,7 +144,10 @@ def test_four_workers_run_one_study_to_exactly_its_total(
 
 def _kill_one_mid_trial(study: optuna.Study, workers: list[subprocess.Popen]) -> tuple[int, int]:
     """SIGKILL a worker while it runs a trial (whose MLflow run has started); returns the worker's
-    index and the trial number. SIGSTOP first, so that the trial cannot end between look and kill."""
+    index and the trial number. SIGSTOP first, so that the trial cannot end between look and kill,
+    then a moment for a write already sent (a COMPLETE on its way through the proxy or the server)
+    to land before the state is read: without it the trial was now and then seen RUNNING, killed,
+    and completed a moment later by its in-flight request."""
     by_id = {f"{socket.gethostname()}:{w.pid}": i for i, w in enumerate(workers)}
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -153,6 +156,7 @@ def _kill_one_mid_trial(study: optuna.Study, workers: list[subprocess.Popen]) ->
             if index is None or "mlflow_run_id" not in trial.user_attrs:
                 continue
             workers[index].send_signal(signal.SIGSTOP)
+            time.sleep(0.5)
             if study.get_trials(deepcopy=False)[trial.number].state == TrialState.RUNNING:
                 workers[index].kill()
                 workers[index].wait()
