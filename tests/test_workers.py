@@ -73,7 +73,8 @@ def _finish(process: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
     return process.returncode, out
 
 
-def _load(storage: str, name: str = "tiny", wait: float = 120) -> optuna.Study:
+def _load(storage: str, name: str = "tiny", wait: float = 600) -> optuna.Study:
+    # generous: twelve workers importing torch on two busy cores took over 120 s to create the study
     deadline = time.monotonic() + wait
     while True:
         try:
@@ -149,7 +150,7 @@ def _kill_one_mid_trial(study: optuna.Study, workers: list[subprocess.Popen]) ->
     to land before the state is read: without it the trial was now and then seen RUNNING, killed,
     and completed a moment later by its in-flight request."""
     by_id = {f"{socket.gethostname()}:{w.pid}": i for i, w in enumerate(workers)}
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             index = by_id.get(trial.user_attrs.get("worker", ""))
