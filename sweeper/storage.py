@@ -92,6 +92,7 @@ def make_storage(
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         check_sqlite_file(parsed.database, shown)
+        existed = Path(parsed.database).expanduser().exists()
     try:
         if backend == "sqlite":
             _use_wal_journal(parsed.database)
@@ -101,7 +102,31 @@ def make_storage(
         return storage
     except Exception as exc:
         first = redact(str(exc).strip().splitlines()[0]) if str(exc).strip() else type(exc).__name__
+        if backend == "sqlite" and any(sign in first for sign in _SQLITE_DISK_FAILURES):
+            raise UserError(
+                _sqlite_disk_failed(Path(parsed.database).expanduser(), shown, first, existed)
+            ) from None
         raise UserError(f"storage URL {shown!r} is not reachable: {first}") from None
+
+
+# what sqlite3 says when the disk under the file is full or failing, not the database unreachable
+_SQLITE_DISK_FAILURES = ("database or disk is full", "disk I/O error", "readonly database")
+
+
+def _sqlite_disk_failed(path: Path, shown: str, reason: str, existed: bool) -> str:
+    """The message for an SQLite study DB whose disk refused a write; a file this call created
+    (empty, or a header only) is removed, so nothing half-written stays."""
+    if not existed:
+        for leftover in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-journal")):
+            leftover.unlink(missing_ok=True)
+    try:
+        free = f"{os.statvfs(path.parent).f_bavail * os.statvfs(path.parent).f_frsize // 1024} KiB free"
+    except OSError:
+        free = "free space unknown"
+    return (
+        f"storage URL {shown!r}: the disk under {path.parent} refused a write ({reason}; {free}). "
+        "Free space there or make it writable, or give --storage a database on another disk"
+    )
 
 
 def _engine_kwargs(backend: str, pool_size: int | None = None) -> dict:

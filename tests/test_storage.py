@@ -173,3 +173,42 @@ def test_a_report_lock_is_its_own_lock_per_study_and_can_be_tried_without_waitin
     again = StudyLock(storage, "tiny", scope="report")
     assert again.acquire(wait=False)
     again.release()
+
+
+def test_a_new_sqlite_study_db_on_a_full_disk_is_refused_naming_the_disk_and_leaves_no_file(tmp_path):
+    from tests.conftest import tmpfs
+
+    with tmpfs(tmp_path / "disk", size="64k") as disk:
+        _fill(disk)
+        with pytest.raises(UserError) as refused:
+            make_storage(f"sqlite:///{disk / 'study.db'}")
+        assert f"the disk under {disk} refused a write" in str(refused.value)
+        assert "not reachable" not in str(refused.value)
+        assert sorted(p.name for p in disk.iterdir()) == ["fill"]
+
+
+def test_an_existing_sqlite_study_db_on_a_disk_that_filled_is_refused_naming_the_disk_and_kept(tmp_path):
+    from tests.conftest import tmpfs
+
+    with tmpfs(tmp_path / "disk", size="2m") as disk:
+        url = f"sqlite:///{disk / 'study.db'}"
+        storage = make_storage(url)
+        optuna.create_study(study_name="kept", storage=storage)
+        storage.engine.dispose()
+        _fill(disk)
+        with pytest.raises(UserError) as refused:
+            make_storage(url)
+        assert f"the disk under {disk} refused a write" in str(refused.value)
+        assert (disk / "study.db").stat().st_size > 0
+
+
+def _fill(disk: Path) -> None:
+    """Write zeros into ``disk`` until it is full."""
+    descriptor = os.open(disk / "fill", os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(descriptor, b"\0" * 4096):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
