@@ -23,7 +23,7 @@ import torch
 from sweeper.backbones import BlockModel
 from sweeper.config import TrialConfig
 from sweeper.forgetting import ForgettingMeter
-from sweeper.methods import method_for
+from sweeper.methods import method_for, ship_bytes, trainable_params
 from sweeper.param_groups import make_optimizer
 from sweeper.runtime import StudyRuntime
 from sweeper.stages import StagePlan
@@ -76,6 +76,8 @@ class FitResult:
     forgetting: list[dict]  # one entry per fine-tuning stage: {"stage", "cka", "weight_change"}
     final: EpochResult  # the epoch the model ends at: the best (with [train] rollback), else the last
     stages: list[dict]  # with rollback: per stage, kept or rolled back (`rollback.StageOutcome`)
+    trainable_params: int  # parameters with requires_grad in the last stage, head included
+    ship_bytes: int  # bytes on disk of what the method ships: head + changed blocks, or head + adapters
 
 
 def fit(
@@ -103,7 +105,8 @@ def fit(
 
     meter = ForgettingMeter(runtime, model, plan) if plan.unfrozen_blocks else None
     method = method_for(config)
-    groups = method.param_groups(model, plan, config.lr_ratio)
+    method.prepare(model, plan)  # after the prefix states: those come from the pretrained blocks
+    groups = method.param_groups(model, plan)
     optimizer = make_optimizer(groups, config.head_lr, spec.train.weight_decay)
     settings = train_settings(runtime, seed=spec.study.seed + seed)
     after_epoch = _AfterEpoch(plan, meter, on_epoch, timing)
@@ -122,10 +125,7 @@ def fit(
         )
     finally:
         timing.train += time.perf_counter() - started - after_epoch.seconds
-    stages = [outcome.as_record() for outcome in staged.stages]
-    return FitResult(
-        model, plan, staged.epochs, meter.history if meter is not None else [], staged.final, stages
-    )
+    return _result(model, plan, staged, meter, method)
 
 
 def train_settings(runtime: StudyRuntime, seed: int = 0) -> TrainSettings:
@@ -140,6 +140,19 @@ def train_settings(runtime: StudyRuntime, seed: int = 0) -> TrainSettings:
         rollback=spec.train.rollback,
         schedule=spec.train.schedule,
         warmup=spec.train.warmup,
+    )
+
+
+def _result(model: BlockModel, plan: StagePlan, staged, meter: ForgettingMeter | None, method) -> FitResult:
+    return FitResult(
+        model,
+        plan,
+        staged.epochs,
+        meter.history if meter is not None else [],
+        staged.final,
+        [outcome.as_record() for outcome in staged.stages],
+        trainable_params(model),
+        ship_bytes(method, model, plan),
     )
 
 

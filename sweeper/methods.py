@@ -9,35 +9,66 @@ A new method (LoRA adapters, layer-wise learning-rate decay) is one subclass reg
 
 from __future__ import annotations
 
+import io
 from typing import ClassVar
+
+import torch
 
 from sweeper.backbones.base import BlockModel
 from sweeper.config import TrialConfig
 from sweeper.param_groups import build_param_groups
-from sweeper.stages import Stage, StagePlan, apply_stage
+from sweeper.stages import Stage, StagePlan, apply_stage, trained_parts
 
 
 class Method:
-    """One fine-tuning method. Both steps are derived from the plan alone (no state carried from
-    one stage to the next), so that a stage can be applied from scratch at any time."""
+    """One fine-tuning method, for one configuration. Its steps are derived from the plan alone (no
+    state carried from one stage to the next), so that a stage can be applied from scratch at any time.
+    """
 
     name: ClassVar[str]
+
+    def __init__(self, config: TrialConfig) -> None:
+        self.config = config
+
+    def prepare(self, model: BlockModel, plan: StagePlan) -> None:
+        """Change the fresh model before anything trains (adapters); most methods change nothing."""
 
     def apply_stage(self, model: BlockModel, plan: StagePlan, stage: Stage) -> None:
         """Set ``requires_grad`` and the train/eval mode of every part for this stage."""
         raise NotImplementedError
 
-    def param_groups(self, model: BlockModel, plan: StagePlan, lr_ratio: float | None) -> list[dict]:
+    def param_groups(self, model: BlockModel, plan: StagePlan) -> list[dict]:
         """Every param group the plan will ever train, created up front, each with its ``lr_scale``."""
         raise NotImplementedError
 
+    def shipped(self, model: BlockModel, plan: StagePlan) -> dict[str, torch.Tensor]:
+        """What a user of the trained model would ship beside the pretrained weights: the head and
+        every part the plan trains (the neck with the top block)."""
+        return {
+            f"{index}.{name}": tensor
+            for index, part in enumerate(trained_parts(model, plan))
+            for name, tensor in part.state_dict().items()
+        }
 
-METHODS: dict[str, Method] = {}
+
+METHODS: dict[str, type[Method]] = {}
 
 
 def register_method(method: type[Method]) -> type[Method]:
-    METHODS[method.name] = method()
+    METHODS[method.name] = method
     return method
+
+
+def trainable_params(model: BlockModel) -> int:
+    """The parameters that train now (in the stage last applied), head included."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def ship_bytes(method: Method, model: BlockModel, plan: StagePlan) -> int:
+    """The bytes ``torch.save`` writes for what the method ships."""
+    buffer = io.BytesIO()
+    torch.save({name: t.detach().cpu() for name, t in method.shipped(model, plan).items()}, buffer)
+    return buffer.getbuffer().nbytes
 
 
 @register_method
@@ -50,10 +81,10 @@ class StagedUnfreezing(Method):
     def apply_stage(self, model: BlockModel, plan: StagePlan, stage: Stage) -> None:
         apply_stage(model, plan, stage)
 
-    def param_groups(self, model: BlockModel, plan: StagePlan, lr_ratio: float | None) -> list[dict]:
-        return build_param_groups(model, plan, lr_ratio)
+    def param_groups(self, model: BlockModel, plan: StagePlan) -> list[dict]:
+        return build_param_groups(model, plan, self.config.lr_ratio)
 
 
 def method_for(config: TrialConfig) -> Method:
-    """The configuration's method (staged unfreezing, the one method so far)."""
-    return METHODS[StagedUnfreezing.name]
+    """The configuration's method (its ``method``), for that configuration."""
+    return METHODS[config.method](config)

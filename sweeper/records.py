@@ -24,6 +24,14 @@ FEATURE_EXTRACTION: Strategy = "feature_extraction"
 FINE_TUNING: Strategy = "fine_tuning"
 STRATEGIES: tuple[Strategy, Strategy] = (FEATURE_EXTRACTION, FINE_TUNING)
 
+# the fine-tuning methods (sweeper/methods.py), by the names a spec's [search] method gives them;
+# a feature-extraction trial trains no block, and reads as "unfreeze"
+UNFREEZE, LORA, LAYER_DECAY = "unfreeze", "lora", "layer_decay"
+METHOD_NAMES: tuple[str, ...] = (UNFREEZE,)  # those registered so far
+METHOD_PARAM = "method"  # the Optuna param (drawn where [search] lists several) and the MLflow param
+# the params that only a method draws, and so name it where [search] gives one method
+METHOD_OWN_PARAMS = {LORA: ("lora_rank", "lora_alpha"), LAYER_DECAY: ("lr_decay",)}
+
 
 class TrialAttr:
     """Optuna user attributes of a trial."""
@@ -39,6 +47,8 @@ class TrialAttr:
     ARM = "sweeper.arm"  # the strategy the trial was claimed for, where each arm has its budget
     STAGES = "stages"  # with rollback: per stage, {"stage", "outcome": kept | rolled_back, ...}
     BEST_EPOCH = "best_epoch"  # the epoch whose weights and value the trial ends with
+    TRAINABLE_PARAMS = "trainable_params"  # parameters with requires_grad in the last stage, head included
+    SHIP_BYTES = "ship_bytes"  # bytes on disk of what the method ships: head + changed blocks or adapters
 
 
 class StudyAttr:
@@ -61,6 +71,7 @@ class Tag:
     STAGE_STARTS = "sweeper.stage_starts"
     STAGES = "sweeper.stages"  # with rollback: "1:kept,2:rolled_back" (stage:outcome)
     UNFROZEN_BLOCKS = "unfrozen_blocks"
+    METHOD = "sweeper.method"  # the trial's fine-tuning method ("unfreeze" for feature extraction)
     DECISION = "sweeper.decision"  # on the parent run: the report's decision
     CONFIRMED = "sweeper.confirmed"  # on the parent run: whether the test split confirmed it
     STUDY = "optuna.study"
@@ -78,6 +89,26 @@ def strategy_of(trial: FrozenTrial) -> Strategy | None:
     if "unfrozen_blocks" not in trial.params:
         return trial.user_attrs.get("strategy")
     return strategy_for(trial.params["unfrozen_blocks"])
+
+
+def method_from_params(params: dict) -> str:
+    """The method of a configuration from its params: the ``method`` param where [search] listed
+    several, else the method whose own params it has, else staged unfreezing."""
+    if not params.get("unfrozen_blocks"):
+        return UNFREEZE
+    if METHOD_PARAM in params:
+        return params[METHOD_PARAM]
+    for method, own in METHOD_OWN_PARAMS.items():
+        if any(name in params for name in own):
+            return method
+    return UNFREEZE
+
+
+def method_of(trial: FrozenTrial) -> str | None:
+    """The trial's fine-tuning method; ``None`` for a trial that stopped before it had parameters."""
+    if "unfrozen_blocks" not in trial.params:
+        return None
+    return method_from_params(trial.params)
 
 
 def seconds_of(trial: FrozenTrial, kind: str) -> float:

@@ -16,10 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from sweeper.backbones.base import BlockModel
-from sweeper.stages import StagePlan
+from sweeper.stages import StagePlan, trained_parts
 
 KEPT, ROLLED_BACK = "kept", "rolled_back"
 
@@ -42,14 +41,6 @@ class StageOutcome:
             "best_value": self.best_value,
             "best_epoch": self.best_epoch,
         }
-
-
-def trained_parts(model: BlockModel, plan: StagePlan) -> list[nn.Module]:
-    """Every module the plan may train: the head, the unfrozen blocks, and the neck with the top."""
-    parts: list[nn.Module] = [model.head, *model.blocks[plan.cut :]]
-    if plan.unfrozen_blocks:
-        parts.append(model.neck)
-    return parts
 
 
 class BestWeights:

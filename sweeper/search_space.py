@@ -9,7 +9,15 @@ from __future__ import annotations
 import optuna
 
 from sweeper.config import TrialConfig
-from sweeper.records import FEATURE_EXTRACTION, FINE_TUNING, Strategy
+from sweeper.records import (
+    FEATURE_EXTRACTION,
+    FINE_TUNING,
+    LAYER_DECAY,
+    LORA,
+    METHOD_PARAM,
+    UNFREEZE,
+    Strategy,
+)
 from sweeper.spec import SearchSection, bounds, geometric_mid
 
 
@@ -25,6 +33,8 @@ def suggest_config(trial: optuna.Trial, search: SearchSection, arm: Strategy | N
     head_epochs = trial.suggest_int("head_epochs", *bounds(search.head_epochs))
     if unfrozen == 0:
         return TrialConfig(unfrozen, head_lr, head_epochs)
+    methods = search.methods
+    method = trial.suggest_categorical(METHOD_PARAM, methods) if len(methods) > 1 else methods[0]
     return TrialConfig(
         unfrozen,
         head_lr,
@@ -32,7 +42,29 @@ def suggest_config(trial: optuna.Trial, search: SearchSection, arm: Strategy | N
         lr_ratio=trial.suggest_float("lr_ratio", *bounds(search.lr_ratio), log=True),
         stage_epochs=trial.suggest_int("stage_epochs", *bounds(search.stage_epochs)),
         blocks_per_stage=trial.suggest_int("blocks_per_stage", *bounds(search.blocks_per_stage)),
+        method=method,
+        **_method_params(trial, search, method),
     )
+
+
+def _method_params(trial: optuna.Trial, search: SearchSection, method: str) -> dict:
+    """The method's own parameters, drawn even where fixed (so that a trial's params name its method)."""
+    if method == LORA:
+        return {
+            "lora_rank": trial.suggest_int("lora_rank", *bounds(search.lora_rank), log=True),
+            "lora_alpha": trial.suggest_float("lora_alpha", *bounds(search.lora_alpha), log=True),
+        }
+    if method == LAYER_DECAY:
+        return {"lr_decay": trial.suggest_float("lr_decay", *bounds(search.lr_decay))}
+    return {}
+
+
+def optuna_params(config: TrialConfig, search: SearchSection) -> dict:
+    """The configuration as the Optuna params a trial of this space draws (to enqueue it)."""
+    params = config.params()
+    if config.unfrozen_blocks and len(search.methods) > 1:
+        params[METHOD_PARAM] = config.method
+    return params
 
 
 # the practice: the backbone learns 10x to 100x slower than the head
@@ -46,6 +78,14 @@ def baseline_configs(search: SearchSection) -> list[TrialConfig]:
     low_blocks, high_blocks = bounds(search.unfrozen_blocks)
     feature_extraction = TrialConfig(0, head_lr, bounds(search.head_epochs)[1])
     low_ratio, high_ratio = bounds(search.lr_ratio)
+    method = UNFREEZE if UNFREEZE in search.methods else search.methods[0]
+    own = {
+        LORA: {
+            "lora_rank": round(geometric_mid(*bounds(search.lora_rank))),
+            "lora_alpha": geometric_mid(*bounds(search.lora_alpha)),
+        },
+        LAYER_DECAY: {"lr_decay": sum(bounds(search.lr_decay)) / 2},
+    }.get(method, {})
     full_fine_tuning = TrialConfig(
         high_blocks,
         head_lr,
@@ -53,6 +93,8 @@ def baseline_configs(search: SearchSection) -> list[TrialConfig]:
         lr_ratio=min(max(_PRACTICE_LR_RATIO, low_ratio), high_ratio),
         stage_epochs=bounds(search.stage_epochs)[1],
         blocks_per_stage=bounds(search.blocks_per_stage)[1],
+        method=method,
+        **own,
     )
     configs = []
     if low_blocks == 0:

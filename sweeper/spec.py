@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sweeper.errors import UserError
+from sweeper.records import METHOD_NAMES, METHOD_OWN_PARAMS, UNFREEZE
 from sweeper.spec_messages import allowed_keys, describe_validation_error
 
 
@@ -125,10 +126,45 @@ class SearchSection(_Section):
     head_epochs: PositiveIntRange = (1, 3)
     stage_epochs: PositiveIntRange = (1, 2)
     blocks_per_stage: PositiveIntRange = 1
+    # how the unfrozen blocks train (fine-tuning trials only): one method, or a list to search over
+    method: str | tuple[str, ...] = UNFREEZE
+    lora_rank: PositiveIntRange = (4, 16)  # "lora": the adapters' rank
+    lora_alpha: PositiveFloatRange = 16.0  # "lora": the adapters' scale is lora_alpha / lora_rank
+    # "layer_decay": block i learns at head_lr * lr_ratio * lr_decay^(top - i)
+    lr_decay: PositiveFloatRange = (0.6, 0.95)
+
+    @field_validator("method")
+    @classmethod
+    def _methods_are_known(cls, method: str | tuple[str, ...]) -> str | tuple[str, ...]:
+        names = (method,) if isinstance(method, str) else method
+        if not names:
+            raise ValueError(f"method is an empty list; use one or more of {', '.join(METHOD_NAMES)}")
+        for name in names:
+            if name not in METHOD_NAMES:
+                raise ValueError(
+                    f"method {name!r} is not known; use one or more of {', '.join(METHOD_NAMES)}"
+                )
+        if len(set(names)) < len(names):
+            raise ValueError(f"method lists {list(names)}: name each method once")
+        return method
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The fine-tuning methods the study searches over (one where [search] method is fixed)."""
+        return (self.method,) if isinstance(self.method, str) else self.method
+
+    def unused_keys(self) -> set[str]:
+        """The keys only methods the study does not search use (so they change no trial)."""
+        unused = {
+            key for method, own in METHOD_OWN_PARAMS.items() if method not in self.methods for key in own
+        }
+        return unused | ({"method"} if self.methods == (UNFREEZE,) else set())
 
     @model_validator(mode="after")
     def _ranges_are_ordered(self) -> SearchSection:
         for key in type(self).model_fields:
+            if key == "method":
+                continue
             low, high = bounds(getattr(self, key))
             if low > high:
                 raise ValueError(f"{key} is [{low}, {high}], but low must not exceed high")
@@ -137,6 +173,11 @@ class SearchSection(_Section):
             raise ValueError(
                 f"lr_ratio is {self.lr_ratio}, but the backbone may not learn faster than the "
                 "head: use values in (0, 1]"
+            )
+        if bounds(self.lr_decay)[1] > 1.0:
+            raise ValueError(
+                f"lr_decay is {self.lr_decay}, but a lower block may not learn faster than the one "
+                "above it: use values in (0, 1]"
             )
         return self
 
@@ -199,7 +240,8 @@ class Spec(_Section):
     def search_fingerprint(self) -> dict[str, Any]:
         """What the study's trials measure: a study refuses a spec where this changed."""
         return {
-            "search": self.search.model_dump(mode="json"),
+            # keys that no searched method uses change no trial (nor studies made before them)
+            "search": self.search.model_dump(mode="json", exclude=self.search.unused_keys()),
             "model": self.model.model_dump(mode="json"),
             # on_missing stays out: rows it drops change the examples, and the data's own digest
             # in the study's identity refuses that; a spec that only names the default again

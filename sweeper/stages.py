@@ -79,6 +79,14 @@ def _blocks_to_unfreeze(num_blocks: int, unfrozen_blocks: int, count: int) -> tu
     return tuple(range(num_blocks - count, num_blocks))
 
 
+def trained_parts(model: BlockModel, plan: StagePlan) -> list[nn.Module]:
+    """Every module the plan may train: the head, the unfrozen blocks, and the neck with the top."""
+    parts: list[nn.Module] = [model.head, *model.blocks[plan.cut :]]
+    if plan.unfrozen_blocks:
+        parts.append(model.neck)
+    return parts
+
+
 def apply_stage(model: BlockModel, plan: StagePlan, stage: Stage) -> None:
     """Set requires_grad and train/eval mode of every part from the plan alone.
 

@@ -25,7 +25,7 @@ from sweeper.records import (
     worker_id,
 )
 from sweeper.recovery import name_the_trial_being_claimed, reap_stale_trials
-from sweeper.search_space import baseline_configs, max_total_epochs
+from sweeper.search_space import baseline_configs, max_total_epochs, optuna_params
 from sweeper.spec import Spec
 from sweeper.storage import StudyLock
 
@@ -84,7 +84,7 @@ def open_study(
             separate = ArmBudget.of(spec).separate
             for config in baseline_configs(spec.search):
                 if not (separate and config.strategy == FINE_TUNING):
-                    _enqueue_baseline(study, config)
+                    _enqueue_baseline(study, config, spec.search)
     return study
 
 
@@ -123,9 +123,9 @@ class _ArmStudy(optuna.study.Study):
         return self._get_trials(deepcopy=deepcopy, states=states)
 
 
-def _enqueue_baseline(study: optuna.Study, config) -> None:
+def _enqueue_baseline(study: optuna.Study, config, search) -> None:
     study.enqueue_trial(
-        config.params(), user_attrs={TrialAttr.BASELINE: config.strategy}, skip_if_exists=True
+        optuna_params(config, search), user_attrs={TrialAttr.BASELINE: config.strategy}, skip_if_exists=True
     )
 
 
@@ -151,7 +151,7 @@ class ArmQueue:
         if not study.user_attrs.get(StudyAttr.FT_BASELINE_QUEUED):
             for config in baseline_configs(self.search):
                 if config.strategy == FINE_TUNING:
-                    _enqueue_baseline(study, config)
+                    _enqueue_baseline(study, config, self.search)
             study.set_user_attr(StudyAttr.FT_BASELINE_QUEUED, True)
         return FINE_TUNING
 

@@ -17,7 +17,7 @@ import torch
 from sweeper.config import TrialConfig
 from sweeper.fit import FitEpoch, Timing, fit, trial_seed
 from sweeper.progress import Progress
-from sweeper.records import Tag, TrialAttr
+from sweeper.records import METHOD_PARAM, Tag, TrialAttr
 from sweeper.rollback import KEPT
 from sweeper.runtime import StudyRuntime
 from sweeper.search_space import suggest_config
@@ -57,6 +57,7 @@ def run_trial(
         value = fitted.final.val[runtime.spec.study.metric]
         # inside the try: an interrupt while the records are written still fails the trial with why
         record.stages(fitted.final.epoch, fitted.stages)
+        record.sizes(fitted.trainable_params, fitted.ship_bytes)
         record.end("COMPLETE", value=value)
     except optuna.TrialPruned as exc:
         record.end("PRUNED", reason=str(exc))
@@ -82,12 +83,13 @@ class _TrialRecord:
         tags = {
             Tag.STRATEGY: config.strategy,
             Tag.UNFROZEN_BLOCKS: str(config.unfrozen_blocks),
+            Tag.METHOD: config.method,
             Tag.STAGE_STARTS: ",".join(map(str, plan.stage_starts)),
         }
         # in the background, as soon as the run exists: a supervisor can end it if this worker dies
         self.run = tracker.start_trial(
             self.trial.number,
-            config.params(),
+            {**config.params(), METHOD_PARAM: config.method},  # the UI filters runs by method
             tags,
             on_created=lambda run_id: self.trial.set_user_attr(TrialAttr.RUN_ID, run_id),
         )
@@ -106,6 +108,12 @@ class _TrialRecord:
             for s in stages:
                 self.run.log_epoch(s["stage"], {"stage_kept": float(s["outcome"] == KEPT)})  # step = stage
         self.run.log_epoch(0, {"best_epoch": best_epoch})
+
+    def sizes(self, trainable_params: int, ship_bytes: int) -> None:
+        """What the trained configuration costs to keep: its trainable parameters, its bytes to ship."""
+        self.trial.set_user_attr(TrialAttr.TRAINABLE_PARAMS, trainable_params)
+        self.trial.set_user_attr(TrialAttr.SHIP_BYTES, ship_bytes)
+        self.run.log_epoch(0, {"trainable_params": trainable_params, "ship_bytes": ship_bytes})
 
     def end(self, state: str, value: float | None = None, reason: str = "") -> None:
         """Write the trial's seconds and reason and end its run. Again after an interrupted

@@ -10,6 +10,7 @@ from sweeper.backbones import to_block_model
 from sweeper.config import TrialConfig
 from sweeper.methods import METHODS, StagedUnfreezing, method_for
 from sweeper.param_groups import build_param_groups
+from sweeper.records import METHOD_NAMES
 from sweeper.stages import plan_stages
 
 
@@ -18,13 +19,19 @@ def _flags(model) -> list[tuple[bool, bool]]:
 
 
 def test_staged_unfreezing_is_registered_and_picked_for_every_configuration():
-    assert isinstance(METHODS["unfreeze"], StagedUnfreezing)
-    assert method_for(TrialConfig(2, 0.01, 1, 0.1, 1, 1)) is METHODS["unfreeze"]
+    assert METHODS["unfreeze"] is StagedUnfreezing
+    assert isinstance(method_for(TrialConfig(2, 0.01, 1, 0.1, 1, 1)), StagedUnfreezing)
+    assert isinstance(method_for(TrialConfig(0, 0.01, 1)), StagedUnfreezing)  # feature extraction
+
+
+def test_every_method_a_spec_may_name_is_registered():
+    assert set(METHODS) == set(METHOD_NAMES)
 
 
 def test_each_method_derives_a_stage_from_the_plan_alone():
     plan = plan_stages(4, unfrozen_blocks=3, blocks_per_stage=1, head_epochs=1, stage_epochs=1)
-    for method in METHODS.values():
+    config = TrialConfig(3, 0.01, 1, 0.1, 1, 1)
+    for method in (cls(config) for cls in METHODS.values()):
         walked, fresh = (
             to_block_model(tvm.resnet18(weights=None), 3),
             to_block_model(tvm.resnet18(weights=None), 3),
@@ -38,7 +45,7 @@ def test_each_method_derives_a_stage_from_the_plan_alone():
 def test_staged_unfreezing_groups_every_block_the_plan_trains_from_the_start():
     model = to_block_model(tvm.resnet18(weights=None), 3)
     plan = plan_stages(4, unfrozen_blocks=2, blocks_per_stage=1, head_epochs=1, stage_epochs=1)
-    groups = METHODS["unfreeze"].param_groups(model, plan, 0.1)
+    groups = METHODS["unfreeze"](TrialConfig(2, 0.01, 1, 0.1, 1, 1)).param_groups(model, plan)
     assert [g["name"] for g in groups] == [g["name"] for g in build_param_groups(model, plan, 0.1)]
     assert [(g["name"], g["lr_scale"]) for g in groups] == [("head", 1.0), ("block2", 0.1), ("block3", 0.1)]
     assert torch.is_tensor(groups[0]["params"][0])

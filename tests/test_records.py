@@ -9,7 +9,7 @@ import socket
 import optuna
 from optuna.distributions import IntDistribution
 
-from sweeper.records import seconds_of, stage_starts_of, strategy_of, worker_id
+from sweeper.records import method_from_params, method_of, seconds_of, stage_starts_of, strategy_of, worker_id
 
 
 def _trial(blocks: int | None, **attrs):
@@ -40,3 +40,14 @@ def test_stage_starts_are_recorded_by_fine_tuning_trials_and_one_stage_otherwise
 def test_a_worker_is_named_by_its_host_and_process():
     assert worker_id() == f"{socket.gethostname()}:{os.getpid()}"
     assert worker_id(42) == f"{socket.gethostname()}:42"
+
+
+def test_the_method_is_the_method_param_else_the_one_whose_own_params_the_trial_drew():
+    assert method_from_params({"unfrozen_blocks": 0}) == "unfreeze"  # feature extraction
+    assert method_from_params({"unfrozen_blocks": 2, "lr_ratio": 0.1}) == "unfreeze"  # earlier versions'
+    assert (
+        method_from_params({"unfrozen_blocks": 2, "method": "layer_decay", "lr_decay": 0.8}) == "layer_decay"
+    )
+    assert method_from_params({"unfrozen_blocks": 2, "lora_rank": 8, "lora_alpha": 16.0}) == "lora"  # fixed
+    assert method_from_params({"unfrozen_blocks": 1, "lr_decay": 0.8}) == "layer_decay"
+    assert method_of(_trial(None)) is None and method_of(_trial(3)) == "unfreeze"

@@ -62,6 +62,28 @@ def test_a_seed_budget_below_the_starting_seeds_or_below_two_is_refused(tmp_path
     )
 
 
+def test_the_method_is_one_name_or_a_list_of_known_ones_and_unknown_ones_are_refused_with_the_list(tmp_path):
+    assert load_spec(write_spec(tmp_path)).search.methods == ("unfreeze",)  # the default
+    message = _error_for(tmp_path, search={"method": ["unfreeze", "lorra"]})
+    assert "[search] method" in message and "'lorra' is not known" in message and "unfreeze" in message
+    assert "name each method once" in _error_for(tmp_path, search={"method": ["unfreeze", "unfreeze"]})
+    assert "empty list" in _error_for(tmp_path, search={"method": []})
+
+
+def test_lr_decay_above_one_is_refused(tmp_path):
+    message = _error_for(tmp_path, search={"lr_decay": [0.5, 1.2]})
+    assert "lr_decay" in message and "(0, 1]" in message
+
+
+def test_keys_of_methods_the_study_does_not_search_leave_its_identity_as_it_was(tmp_path):
+    plain = load_spec(write_spec(tmp_path)).search_fingerprint()
+    other_rank = load_spec(
+        write_spec(tmp_path, search={"lora_rank": 2, "lr_decay": 0.5})
+    ).search_fingerprint()
+    assert plain == other_rank and "method" not in plain["search"]  # studies made before methods read alike
+    assert {"unfrozen_blocks", "lr_ratio"} <= set(plain["search"])
+
+
 def test_the_defaults_follow_the_practice(tmp_path):
     spec = load_spec(write_spec(tmp_path, search={"lr_ratio": None}, budget={"fe_trials": None}, train={}))
     assert spec.search.lr_ratio == (0.01, 0.1)  # the backbone 10x to 100x slower than the head

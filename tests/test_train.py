@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from sweeper.backbones.base import BlockModel, ImageStem, TensorBlock
+from sweeper.config import TrialConfig
 from sweeper.methods import StagedUnfreezing
 from sweeper.param_groups import build_param_groups, make_optimizer
 from sweeper.similarity import pooled_features
@@ -42,6 +43,9 @@ def _sources(model: BlockModel, start: int) -> tuple[StateSource, StateSource]:
     )
 
 
+_CONFIG = TrialConfig(1, 0.01, 1, 0.1, 1, 1)
+
+
 def _staged(
     model, plan, head_lr=0.01, on_epoch=lambda result: None, features_at=frozenset(), method=None, **settings
 ):
@@ -55,7 +59,7 @@ def _staged(
         TrainSettings(batch_size=8, **settings),
         on_epoch,
         features_at,
-        method=method or StagedUnfreezing(),
+        method=method or StagedUnfreezing(_CONFIG),
     )
 
 
@@ -130,7 +134,7 @@ def test_a_stage_that_lowers_validation_is_undone_and_the_run_ends_at_its_best_e
         on_epoch=lambda r: before_stage_one.update(_weights(model)) if r.epoch == 0 else None,
         metric="loss",
         maximize=False,
-        method=_WreckingStageOne(),
+        method=_WreckingStageOne(_CONFIG),
     )
     assert staged.epochs[1].val["loss"] > staged.epochs[0].val["loss"]  # stage 1 hurt
     assert [o.outcome for o in staged.stages] == ["kept", "rolled_back"]
@@ -143,7 +147,9 @@ def test_a_stage_that_lowers_validation_is_undone_and_the_run_ends_at_its_best_e
 def test_without_rollback_the_run_keeps_what_its_last_stage_did():
     model = _model()
     plan = plan_stages(3, 1, 1, head_epochs=1, stage_epochs=1)
-    staged = _staged(model, plan, metric="loss", maximize=False, rollback=False, method=_WreckingStageOne())
+    staged = _staged(
+        model, plan, metric="loss", maximize=False, rollback=False, method=_WreckingStageOne(_CONFIG)
+    )
     assert staged.stages == [] and staged.final is staged.epochs[-1]
     assert staged.final.val["loss"] > staged.epochs[0].val["loss"]
 

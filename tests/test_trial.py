@@ -119,6 +119,32 @@ def test_a_trial_s_value_is_its_best_epoch_and_its_stages_are_recorded(workdir, 
     assert tags["sweeper.stages"] == ",".join(f"{s['stage']}:{s['outcome']}" for s in stages)
 
 
+def test_a_trial_records_its_method_trainable_parameters_and_the_bytes_it_would_ship(workdir, tracking_uri):
+    objective, tracker = _objective(tracking_uri, write_spec(workdir, search={"head_epochs": 1}))
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial({"unfrozen_blocks": 1, "lr_ratio": 0.1, "stage_epochs": 1, "blocks_per_stage": 1})
+    study.enqueue_trial({"unfrozen_blocks": 0})
+    study.optimize(objective, n_trials=2)
+    tracker.flush()
+    client = MlflowClient(tracking_uri)
+    sizes = {}
+    for trial in study.trials:
+        run = client.get_run(trial.user_attrs["mlflow_run_id"]).data
+        # the UI filters runs by either: params.method = "unfreeze", tags."sweeper.method" = "unfreeze"
+        assert run.params["method"] == run.tags["sweeper.method"] == "unfreeze"
+        assert run.metrics["trainable_params"] == trial.user_attrs["trainable_params"]
+        assert run.metrics["ship_bytes"] == trial.user_attrs["ship_bytes"]
+        sizes[trial.params["unfrozen_blocks"]] = (
+            trial.user_attrs["trainable_params"],
+            trial.user_attrs["ship_bytes"],
+        )
+    (head_params, head_bytes), (tuned_params, tuned_bytes) = sizes[0], sizes[1]
+    assert head_params == 384 * 3 + 3  # MiniLM's 384 features to the 3 classes, and the biases
+    assert tuned_params - head_params == 1_774_464  # one MiniLM layer (its 12 tensors)
+    assert tuned_bytes > 4 * tuned_params  # float32, and a header
+    assert 4 * head_params < head_bytes < 4 * head_params + 4096
+
+
 class _OutOfMemoryHead(nn.Module):
     """A head whose first training step raises the error CUDA raises when the GPU is full."""
 
