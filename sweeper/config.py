@@ -62,6 +62,8 @@ class TrialConfig:
             self.blocks_per_stage or 1,
             self.head_epochs,
             self.stage_epochs or 1,
+            # staged unfreezing adds blocks stage by stage; the other methods train them all at once
+            staged=self.method == UNFREEZE,
         )
 
     @classmethod

@@ -1,5 +1,5 @@
 """Optimizer param groups: the head at head_lr, each block the plan will ever train at
-head_lr * lr_ratio. All groups exist from the start, so the optimizer state and any schedule stay
+head_lr * lr_ratio (times lr_decay^(top - i) for block i, with layer-wise decay). All groups exist from the start, so the optimizer state and any schedule stay
 right when a stage unfreezes more blocks. The ratio lives on the group as ``lr_scale``."""
 
 from __future__ import annotations
@@ -10,14 +10,18 @@ from sweeper.backbones.base import BlockModel
 from sweeper.stages import StagePlan
 
 
-def build_param_groups(model: BlockModel, plan: StagePlan, lr_ratio: float | None) -> list[dict]:
+def build_param_groups(
+    model: BlockModel, plan: StagePlan, lr_ratio: float | None, lr_decay: float = 1.0
+) -> list[dict]:
+    top = plan.num_blocks - 1
     groups = [{"name": "head", "params": list(model.head.parameters()), "lr_scale": 1.0}]
     for index in range(plan.cut, plan.num_blocks):
         params = list(model.blocks[index].parameters())
-        if index == plan.num_blocks - 1:
+        if index == top:
             params += list(model.neck.parameters())  # the neck trains with the top block
         if params:
-            groups.append({"name": f"block{index}", "params": params, "lr_scale": lr_ratio})
+            scale = lr_ratio * lr_decay ** (top - index)  # lr_ratio itself without decay
+            groups.append({"name": f"block{index}", "params": params, "lr_scale": scale})
     return groups
 
 

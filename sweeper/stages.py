@@ -58,8 +58,12 @@ def plan_stages(
     blocks_per_stage: int,
     head_epochs: int,
     stage_epochs: int,
+    staged: bool = True,
 ) -> StagePlan:
-    """Build the plan; ``unfrozen_blocks = 0`` gives feature extraction (one head-only stage)."""
+    """Build the plan; ``unfrozen_blocks = 0`` gives feature extraction (one head-only stage).
+
+    ``staged = False``: the same stages and epochs, but every stage after the first trains all
+    ``unfrozen_blocks`` top blocks (methods that train them together: layer decay, LoRA)."""
     if not 0 <= unfrozen_blocks <= num_blocks:
         raise ValueError(f"unfrozen_blocks is {unfrozen_blocks}, but must be in 0..{num_blocks}")
     stages = [Stage(0, head_epochs, ())]
@@ -68,7 +72,9 @@ def plan_stages(
             Stage(
                 k,
                 stage_epochs,
-                _blocks_to_unfreeze(num_blocks, unfrozen_blocks, blocks_per_stage * k),
+                _blocks_to_unfreeze(
+                    num_blocks, unfrozen_blocks, blocks_per_stage * k if staged else unfrozen_blocks
+                ),
             )
         )
     return StagePlan(num_blocks, unfrozen_blocks, tuple(stages))

@@ -5,6 +5,8 @@ pretrained weights every run shares never move."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import optuna
 import pytest
 import torch
@@ -117,3 +119,27 @@ def test_the_pretrained_weights_the_runs_share_never_move(runtime):
     fit(runtime, TrialConfig(2, 0.01, 1, lr_ratio=1.0, stage_epochs=1, blocks_per_stage=2), 0)
     after = runtime.pretrained.module.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("method", ["unfreeze", "layer_decay"])
+def test_every_fine_tuning_stage_trains_from_the_cached_states_entering_its_lowest_trained_block(
+    runtime, monkeypatch, method
+):
+    config = dataclasses.replace(
+        FINE_TUNING, method=method, lr_decay=0.8 if method == "layer_decay" else None
+    )
+    plan = config.plan(runtime.pretrained.num_blocks)
+    runtime.pretrained_features("val")  # once per runtime (for the forgetting figures), not per run
+    sources = []
+    source = runtime.source
+    monkeypatch.setattr(runtime, "source", lambda *args: sources.append(source(*args)) or sources[-1])
+    fitted = fit(runtime, config, 0)
+    lowest = [min(stage.trainable_blocks) for stage in plan.stages[1:]]
+    assert lowest == ([5, 4] if method == "unfreeze" else [4, 4])  # MiniLM's 6 blocks, the top 2 trained
+    # stage 0 trains on the pooled features (after block 5 and the neck: 7), each later stage from
+    # the states entering its lowest trained block, train and val split, all from the cache
+    assert [s.start for s in sources] == [7, 7] + [c for c in lowest for _ in ("train", "val")]
+    assert all(s._states is not None for s in sources)
+    assert fitted.trainable_params == sum(p.numel() for p in fitted.model.head.parameters()) + sum(
+        p.numel() for block in fitted.model.blocks[4:] for p in block.parameters()
+    )

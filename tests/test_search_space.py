@@ -5,10 +5,12 @@ horizon covers the longest plan the space allows."""
 from __future__ import annotations
 
 import optuna
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sweeper.search_space import baseline_configs, max_total_epochs, suggest_config
+from sweeper.config import TrialConfig
+from sweeper.search_space import baseline_configs, max_total_epochs, optuna_params, suggest_config
 from sweeper.spec import SearchSection, bounds
 
 
@@ -86,3 +88,33 @@ def test_a_trial_claimed_for_an_arm_draws_only_that_arm(space, arm):
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     config = suggest_config(study.ask(), space, arm)
     assert config.strategy == arm
+
+
+def test_the_method_is_drawn_only_for_fine_tuning_and_only_where_several_are_listed():
+    several = SearchSection(unfrozen_blocks=(0, 2), method=("unfreeze", "layer_decay"), lr_decay=(0.5, 0.9))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    seen = set()
+    for _ in range(30):
+        trial = study.ask()
+        config = suggest_config(trial, several)
+        assert trial.params == optuna_params(config, several)  # what a trial draws, to enqueue it
+        assert TrialConfig.from_params(trial.params) == config  # and back
+        if config.unfrozen_blocks == 0:
+            assert "method" not in trial.params and config.method == "unfreeze"
+        else:
+            seen.add(trial.params["method"])
+            assert ("lr_decay" in trial.params) == (config.method == "layer_decay")
+        study.tell(trial, 0.5)
+    assert seen == {"unfreeze", "layer_decay"}
+    one = SearchSection(unfrozen_blocks=2, method="layer_decay", lr_decay=0.7)
+    trial = optuna.create_study().ask()
+    config = suggest_config(trial, one)
+    assert "method" not in trial.params and trial.params["lr_decay"] == 0.7  # named by its own param
+    assert TrialConfig.from_params(trial.params) == config and config.method == "layer_decay"
+
+
+def test_the_fine_tuning_baseline_is_staged_unfreezing_where_listed_else_the_first_method():
+    _, tuned = baseline_configs(SearchSection(method=("layer_decay", "unfreeze")))
+    assert tuned.method == "unfreeze" and tuned.lr_decay is None
+    _, tuned = baseline_configs(SearchSection(method="layer_decay", lr_decay=(0.6, 0.9)))
+    assert tuned.method == "layer_decay" and tuned.lr_decay == pytest.approx(0.75)

@@ -1,11 +1,5 @@
-"""Fine-tuning methods: how the backbone trains once a stage unfreezes part of it.
-
-A method decides two things, and nothing else in the training path does: which parameters train
-in each stage (and which parts are in train mode), and the optimizer's param groups with their
-``lr_scale`` (the one place a scale turns into a learning rate is `param_groups.set_learning_rate`).
-`fit` picks the method of a configuration; `train_staged` calls it at the start of each stage.
-A new method (LoRA adapters, layer-wise learning-rate decay) is one subclass registered here.
-"""
+"""The method protocol and registry: `Method`, `register_method`, `method_for`, and what a trained
+method costs to keep (`trainable_params`, `ship_bytes`)."""
 
 from __future__ import annotations
 
@@ -16,8 +10,7 @@ import torch
 
 from sweeper.backbones.base import BlockModel
 from sweeper.config import TrialConfig
-from sweeper.param_groups import build_param_groups
-from sweeper.stages import Stage, StagePlan, apply_stage, trained_parts
+from sweeper.stages import Stage, StagePlan, trained_parts
 
 
 class Method:
@@ -69,20 +62,6 @@ def ship_bytes(method: Method, model: BlockModel, plan: StagePlan) -> int:
     buffer = io.BytesIO()
     torch.save({name: t.detach().cpu() for name, t in method.shipped(model, plan).items()}, buffer)
     return buffer.getbuffer().nbytes
-
-
-@register_method
-class StagedUnfreezing(Method):
-    """The recipe: stage 0 trains the new head on the frozen backbone; each later stage unfreezes
-    the next blocks from the top, every unfrozen block at ``head_lr * lr_ratio``."""
-
-    name = "unfreeze"
-
-    def apply_stage(self, model: BlockModel, plan: StagePlan, stage: Stage) -> None:
-        apply_stage(model, plan, stage)
-
-    def param_groups(self, model: BlockModel, plan: StagePlan) -> list[dict]:
-        return build_param_groups(model, plan, self.config.lr_ratio)
 
 
 def method_for(config: TrialConfig) -> Method:
