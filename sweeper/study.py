@@ -112,7 +112,9 @@ class _ArmStudy(optuna.study.Study):
     """The study as one arm's trials."""
 
     def __init__(self, study: optuna.Study, arm: Strategy) -> None:
-        super().__init__(study.study_name, study._storage, study.sampler, study.pruner)
+        # the study itself, filtered: no lookups of its id and directions at every suggestion, and
+        # its per-trial cache of the trials (one read per trial, as TPE has on the study)
+        vars(self).update(vars(study))
         self._arm = arm
 
     def _get_trials(self, deepcopy=True, states=None, use_cache=False) -> list[FrozenTrial]:
@@ -138,14 +140,16 @@ class ArmQueue:
         self.search = spec.search
         self.arms = arms
 
-    def next_arm(self, study: optuna.Study) -> Strategy | None:
+    def next_arm(self, study: optuna.Study, trials: list[FrozenTrial] | None = None) -> Strategy | None:
+        """``trials``: the study's trials, read under the lock (else read here)."""
         if not self.arms.separate:
             return None
-        waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        trials = study.get_trials(deepcopy=False) if trials is None else trials
+        waiting = [t for t in trials if t.state == TrialState.WAITING]
         fixed = waiting[0].system_attrs.get("fixed_params", {}) if waiting else {}
         if "unfrozen_blocks" in fixed:  # the next trial is a queued one (a baseline, a retry)
             return strategy_for(fixed["unfrozen_blocks"])
-        claimed = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+        claimed = [t for t in trials if t.state in (*FINISHED, TrialState.RUNNING)]
         if sum(arm_of(t) == FEATURE_EXTRACTION for t in claimed) < self.arms.fe_trials:
             return FEATURE_EXTRACTION
         if not study.user_attrs.get(StudyAttr.FT_BASELINE_QUEUED):
@@ -209,11 +213,12 @@ def run_trials(
             before_each()
             with lock:
                 reap_stale_trials(study)
-                finished, running = _finished_and_running(study)
+                trials = study.get_trials(deepcopy=False)  # one read: the counts and the next arm
+                finished, running = _finished_and_running(trials)
                 if finished >= total_trials:
                     break
                 if finished + running < total_trials:
-                    _run_one_trial(study, objective, lock, failures, arms)
+                    _run_one_trial(study, objective, lock, failures, arms, trials)
                     ran += 1
                     continue
             time.sleep(poll_seconds)
@@ -222,17 +227,21 @@ def run_trials(
         gc.unfreeze()
 
 
-def _finished_and_running(study: optuna.Study) -> tuple[int, int]:
-    trials = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+def _finished_and_running(trials: list[FrozenTrial]) -> tuple[int, int]:
     running = sum(t.state == TrialState.RUNNING for t in trials)
-    return len(trials) - running, running
+    return sum(t.state in FINISHED for t in trials), running
 
 
 def _run_one_trial(
-    study: optuna.Study, objective, lock: StudyLock, failures: _RepeatedFailures, arms: ArmQueue | None
+    study: optuna.Study,
+    objective,
+    lock: StudyLock,
+    failures: _RepeatedFailures,
+    arms: ArmQueue | None,
+    trials: list[FrozenTrial],
 ) -> None:
     claimed: list[int] = []
-    arm = arms.next_arm(study) if arms is not None else None
+    arm = arms.next_arm(study, trials) if arms is not None else None
 
     def objective_once_claimed(trial: optuna.Trial) -> float:
         # RUNNING now, counted by all (with its arm); named before the lock goes (see recovery)

@@ -192,6 +192,7 @@ class TrialRun:
         self._ended = False
         self._warned = False
         self._pending: list[tuple[str, float, int, int]] = []
+        self._tags: list[tuple[str, str]] = []  # go with the run's next write
         self._params = params or []
         self._written_at = time.monotonic()
 
@@ -231,11 +232,14 @@ class TrialRun:
         if time.monotonic() - self._written_at >= LOG_EVERY_SECONDS:
             batch, self._pending = self._pending, []
             params, self._params = self._params, []
+            tags, self._tags = self._tags, []
             self._written_at = time.monotonic()
-            self._send("log", (batch, params, []))
+            self._send("log", (batch, params, tags))
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        self._send("log", ([], [], [(k, redact(str(v))[:5000]) for k, v in tags.items()]))
+        """Tags written with the run's next write (its next epochs' batch, at the latest its end):
+        one write fewer per trial for the child."""
+        self._tags += [(k, redact(str(v))[:5000]) for k, v in tags.items()]
 
     def end(self, state: str, metrics: dict[str, float] | None = None, reason: str | None = None) -> None:
         """End the run with the status that mirrors the Optuna trial state."""
@@ -245,7 +249,7 @@ class TrialRun:
         now = int(time.time() * 1000)
         batch = self._pending + [(k, float(v), now, 0) for k, v in (metrics or {}).items()]
         params, self._pending, self._params = self._params, [], []
-        tags = [(Tag.STATE, state)]
+        tags, self._tags = [*self._tags, (Tag.STATE, state)], []
         if reason:
             tags.append((Tag.REASON, redact(reason)[:5000]))
         self._send("end", (batch, params, tags, STATUS_OF_STATE[state]))
