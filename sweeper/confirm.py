@@ -25,7 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sweeper.config import TrialConfig
 from sweeper.device import autocast
 from sweeper.fit import Timing, confirmation_seed, fit
-from sweeper.records import STRATEGIES, Strategy, StudyAttr, strategy_of
+from sweeper.records import FINE_TUNING, STRATEGIES, Strategy, StudyAttr, method_of, strategy_of
 from sweeper.runtime import Say, StudyRuntime
 from sweeper.similarity import linear_probe_score
 from sweeper.spec import Spec
@@ -53,6 +53,33 @@ def best_trials(study: optuna.Study) -> dict[Strategy, FrozenTrial | None]:
     return best
 
 
+def best_by_method(study: optuna.Study) -> dict[str, FrozenTrial]:
+    """The best COMPLETE fine-tuning trial of each method that ran, by method name."""
+    completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    pick = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
+    grouped: dict[str, list[FrozenTrial]] = {}
+    for trial in completed:
+        if strategy_of(trial) == FINE_TUNING:
+            grouped.setdefault(method_of(trial), []).append(trial)
+    return {method: pick(trials, key=lambda t: t.value) for method, trials in sorted(grouped.items())}
+
+
+def method_arm(method: str) -> str:
+    """The confirmation arm of a fine-tuning method other than the best fine-tuning trial's."""
+    return f"{FINE_TUNING}:{method}"
+
+
+def arm_trials(study: optuna.Study) -> dict[str, FrozenTrial]:
+    """The trials the confirmation re-trains: the best of each strategy, keyed by strategy as
+    ever (a study of one method confirms these two), and the best trial of each other
+    fine-tuning method that ran, keyed `method_arm(method)`."""
+    arms: dict[str, FrozenTrial] = {s: t for s, t in best_trials(study).items() if t is not None}
+    if FINE_TUNING in arms:
+        tuned = method_of(arms[FINE_TUNING])
+        arms |= {method_arm(m): t for m, t in best_by_method(study).items() if m != tuned}
+    return arms
+
+
 def confirm(
     study: optuna.Study,
     spec: Spec,
@@ -61,7 +88,8 @@ def confirm(
     train: bool = True,
     more: Callable[[dict[str, list[dict]]], bool] = lambda _: False,
 ) -> dict[str, list[dict]]:
-    """Each arm's confirmation runs, one per paired seed: from the study's cache, or trained now.
+    """Each arm's confirmation runs (`arm_trials`), one per paired seed: from the study's cache,
+    or trained now.
 
     ``[budget] confirm_seeds`` seeds first; then, while ``more(runs)`` says the evidence is not
     yet enough and fewer than ``[budget] max_confirm_seeds`` have run, one more seed of each arm
@@ -72,25 +100,29 @@ def confirm(
     arm that has runs to train, so each arm pays for its own prefix states, as a user training that
     configuration from scratch would.
     """
-    arms = {s: _ArmRuns(study, spec, t, runtime, say) for s, t in best_trials(study).items() if t is not None}
-    runs: dict[str, list[dict]] = {strategy: [] for strategy in arms}
+    trials = arm_trials(study)
+    several = len(trials) > len(STRATEGIES)  # several methods: each arm says its method
+    arms = {key: _ArmRuns(study, spec, t, runtime, say, several) for key, t in trials.items()}
+    runs: dict[str, list[dict]] = {key: [] for key in arms}
     wanted, budget = spec.budget.confirm_seeds, spec.budget.max_confirm_seeds
     for seed in range(budget):
-        if seed >= wanted and not (len(arms) == len(STRATEGIES) and more(runs)):
+        if seed >= wanted and not (all(s in arms for s in STRATEGIES) and more(runs)):
             break
-        got = {strategy: arm.run(seed, budget, train) for strategy, arm in arms.items()}
+        got = {key: arm.run(seed, budget, train) for key, arm in arms.items()}
         if any(run is None for run in got.values()):  # not cached, and not to be trained here
             break
-        for strategy, run in got.items():
-            runs[strategy].append(run)
-    return {strategy: arm_runs for strategy, arm_runs in runs.items() if len(arm_runs) >= wanted}
+        for key, run in got.items():
+            runs[key].append(run)
+    return {key: arm_runs for key, arm_runs in runs.items() if len(arm_runs) >= wanted}
 
 
 class _ArmRuns:
     """One arm's confirmation runs: cached in the study, else trained in the arm's own runtime."""
 
-    def __init__(self, study, spec: Spec, trial: FrozenTrial, runtime: RuntimeFactory | None, say: Say):
-        self.study, self.spec, self.trial, self.say = study, spec, trial, say
+    def __init__(
+        self, study, spec: Spec, trial: FrozenTrial, runtime: RuntimeFactory | None, say: Say, named: bool
+    ):
+        self.study, self.spec, self.trial, self.say, self.named = study, spec, trial, say, named
         self.config = TrialConfig.from_params(trial.params)
         self.factory = runtime
         self.runtime: StudyRuntime | None = None
@@ -103,6 +135,8 @@ class _ArmRuns:
             return cached
         self.runtime = self.runtime or self.factory()
         strategy = self.config.strategy.replace("_", " ")
+        if self.named and self.config.strategy == FINE_TUNING:
+            strategy += f", {self.config.method}"
         self.say(f"confirming {strategy} (trial {self.trial.number}) seed {seed + 1} (of at most {budget})")
         cached = run_once(self.runtime, self.config, confirmation_seed(seed))
         self.study.set_user_attr(key, cached)

@@ -89,7 +89,10 @@ Outcome = StudyOutcome | WorkerOutcome | ReportOutcome
 
 
 def _decision_lines(report: Report) -> list[str]:
-    return [f"\n[bold]decision: {report.decision.replace('_', ' ')}[/bold]", f"  {escape(report.reason)}"]
+    lines = [f"\n[bold]decision: {report.decision.replace('_', ' ')}[/bold]", f"  {escape(report.reason)}"]
+    if report.compares_methods and report.cheapest_method:  # several methods: the cheapest that is as good
+        lines.append(f"  {escape(report.cheapest_reason)}")
+    return lines
 
 
 class ReportInterrupted(KeyboardInterrupt):

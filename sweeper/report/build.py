@@ -8,7 +8,6 @@ applies the rule. The result is a typed `Report` (model.py).
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,10 +15,19 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeper.budget import ArmBudget
-from sweeper.confirm import RuntimeFactory, Say, best_trials, confirm, frozen_probe
+from sweeper.confirm import RuntimeFactory, Say, arm_trials, confirm, frozen_probe
 from sweeper.data import Splits
 from sweeper.errors import UserError
-from sweeper.records import STRATEGIES, StudyAttr, TrialAttr, seconds_of, strategy_of
+from sweeper.records import FEATURE_EXTRACTION, FINE_TUNING, STRATEGIES, StudyAttr, seconds_of
+from sweeper.report.arms import arm_of
+from sweeper.report.compare import (
+    cheapest,
+    method_gains,
+    method_points,
+    methods_note,
+    picked_arm,
+    picked_gain,
+)
 from sweeper.report.decision import (
     CONFIDENCE,
     SIMILAR_PROBE,
@@ -30,17 +38,15 @@ from sweeper.report.decision import (
     read_matrix,
 )
 from sweeper.report.forgetting import summarize_forgetting
-from sweeper.report.gain import confirmation_facts, confirmed_gain
+from sweeper.report.gain import confirmation_facts
 from sweeper.report.model import (
     Arm,
-    ArmConfirmation,
     ConfirmationCost,
     Cost,
     Matrix,
     Report,
     StudyCost,
 )
-from sweeper.rollback import ROLLED_BACK
 from sweeper.spec import Spec
 
 
@@ -92,7 +98,7 @@ def report_study(
     test_labels = np.asarray(labels)[splits.test]
 
     def more(runs: dict[str, list[dict]]) -> bool:  # the evidence is not enough yet: one more seed
-        gain = confirmed_gain(runs, spec, test_labels)
+        gain = picked_gain(runs, spec, test_labels)
         return gain.look is None or gain.look.verdict == "more_seeds"
 
     confirmation = confirm(study, spec, runtime, say, train=runtime is not None, more=more)
@@ -118,14 +124,15 @@ def build_report(
         test_labels: labels of the test split, in order (the bootstrap over test examples).
     """
     _refuse_without_completed_trials(study, spec)
-    metric, best = spec.study.metric, best_trials(study)
+    metric, trials = spec.study.metric, arm_trials(study)
     confirmation = {s: runs for s, runs in (confirmation or {}).items() if runs}
     confirmed = all(s in confirmation for s in STRATEGIES)
-    arms = {s: _arm(study, best[s], confirmation.get(s) if confirmed else None, metric) for s in STRATEGIES}
-    missing = next((s for s in STRATEGIES if arms[s] is None), None)
-    gain = None if missing else _gain(arms, confirmation if confirmed else None, spec, test_labels)
+    arms, picked, gains = _arms(study, spec, trials, confirmation if confirmed else {}, test_labels)
+    fe, ft = arms.get(FEATURE_EXTRACTION), arms.get(picked)
+    missing = next((s for s, arm in ((FEATURE_EXTRACTION, fe), (FINE_TUNING, ft)) if arm is None), None)
+    gain = None if missing else gains.get(picked) or _search_gain(fe, ft, spec)
     decision, reason = decide(gain, missing, spec.decision.min_gain, metric)
-    fe, ft = arms["feature_extraction"], arms["fine_tuning"]
+    compared = _compared(study, spec, arms, gains, picked, confirmed)
     return Report(
         study=spec.study.name,
         decision=decision,
@@ -141,14 +148,32 @@ def build_report(
         gain_per_device_hour=_gain_per_device_hour(gain, fe, ft),
         cost=_cost(study, confirmation),
         matrix=_matrix(dataset, probe, decision, gain),
-        forgetting=summarize_forgetting(study, best["fine_tuning"], confirmation.get("fine_tuning")),
-        reason=reason,
+        forgetting=summarize_forgetting(study, trials.get(picked), confirmation.get(picked)),
+        reason=reason + (methods_note(compared["methods"]) if gains and not missing else ""),
         metric_name=metric,
         direction=spec.study.direction,
         min_gain=spec.decision.min_gain,
         evidence=_evidence(confirmed, confirmation, dataset),
         dropped_examples=dataset.dropped if dataset else 0,
+        **compared,
     )
+
+
+def _arms(study, spec: Spec, trials: dict, confirmation: dict, test_labels) -> tuple[dict, str, dict]:
+    """Every arm (`confirm.arm_trials`), the fine-tuning arm the report decides with, and each
+    confirmed method's gain over feature extraction."""
+    runs = {key: arm_runs for key, arm_runs in confirmation.items() if key in trials}
+    arms = {key: arm_of(study, t, runs.get(key), spec.study.metric) for key, t in trials.items()}
+    gains = method_gains(runs, spec, test_labels) if runs else {}
+    return arms, picked_arm(runs, spec), gains
+
+
+def _compared(study, spec: Spec, arms: dict, gains: dict, picked: str, confirmed: bool) -> dict:
+    """The report's fields of the methods comparison (`compare`)."""
+    sign = 1.0 if spec.study.direction == "maximize" else -1.0
+    points = method_points(study, arms, gains, picked, sign)
+    name, why = cheapest(points, f"{'test' if confirmed else 'val'}_{spec.study.metric}")
+    return {"methods": points, "cheapest_method": name, "cheapest_reason": why}
 
 
 def _completeness(study: optuna.Study, spec: Spec) -> dict:
@@ -169,56 +194,10 @@ def _refuse_without_completed_trials(study: optuna.Study, spec: Spec) -> None:
         )
 
 
-def _arm(study, best: FrozenTrial | None, runs: list[dict] | None, metric: str) -> Arm | None:
-    if best is None:
-        return None
-    strategy = strategy_of(best)
-    everything = [t for t in study.get_trials(deepcopy=False) if strategy_of(t) == strategy]
-    arm = Arm(
-        trial=best.number,
-        params=best.params,
-        mlflow_run_id=best.user_attrs.get(TrialAttr.RUN_ID),
-        search_value=best.value,
-        value=best.value,
-        device_seconds=seconds_of(best, "device"),
-        wall_seconds=seconds_of(best, "wall"),
-        trials=len(everything),
-        arm_device_seconds=sum(seconds_of(t, "device") for t in everything),
-        arm_wall_seconds=sum(seconds_of(t, "wall") for t in everything),
-        stages=best.user_attrs.get(TrialAttr.STAGES),
-    )
-    if not runs:
-        return arm
-    seed_values = [run["test"][metric] for run in runs]
-    # one run from scratch: the prefix states once (the arm's first seed computed them), then training
-    prefix = max(run["prefix_seconds"] for run in runs)
-    train = float(np.mean([run["train_seconds"] for run in runs]))
-    confirmation = ArmConfirmation(
-        seed_values=seed_values,
-        seed_std=float(np.std(seed_values, ddof=1)) if len(runs) > 1 else None,
-        test={k: float(np.mean([run["test"][k] for run in runs])) for k in runs[0]["test"]},
-        confirm_val_value=float(np.mean([run["val"][metric] for run in runs])),
-        prefix_seconds=prefix,
-        train_seconds=train,
-        rolled_back=[
-            [s["stage"] for s in run.get("stages", []) if s["outcome"] == ROLLED_BACK] for run in runs
-        ],
-    )
-    # the confirmed figures replace the search's
-    return dataclasses.replace(
-        arm,
-        value=float(np.mean(seed_values)),
-        device_seconds=prefix + train,
-        wall_seconds=prefix + float(np.mean([r["wall_seconds"] - r["prefix_seconds"] for r in runs])),
-        confirmation=confirmation,
-    )
-
-
-def _gain(arms: dict[str, Arm], confirmation, spec: Spec, test_labels) -> Gain:
-    if confirmation is None:
-        sign = 1.0 if spec.study.direction == "maximize" else -1.0
-        return Gain(sign * (arms["fine_tuning"].value - arms["feature_extraction"].value))
-    return confirmed_gain(confirmation, spec, test_labels)
+def _search_gain(fe: Arm, ft: Arm, spec: Spec) -> Gain:
+    """The provisional gain of the search: the best validation trial of each arm, one run each."""
+    sign = 1.0 if spec.study.direction == "maximize" else -1.0
+    return Gain(sign * (ft.value - fe.value))
 
 
 def _cost_ratio(fe: Arm | None, ft: Arm | None) -> float | None:

@@ -52,8 +52,13 @@ class Gain:
         return self.estimate.interval(CONFIDENCE) if self.estimate is not None else None
 
 
-def sequential_rule(min_gain: float, confirm_seeds: int, max_confirm_seeds: int) -> SequentialRule:
-    return SequentialRule(min_gain, confirm_seeds, max_confirm_seeds, ERROR)
+def sequential_rule(
+    min_gain: float, confirm_seeds: int, max_confirm_seeds: int, methods: int = 1
+) -> SequentialRule:
+    """The rule for one method's gain when ``methods`` fine-tuning methods are each compared with
+    feature extraction: each at ``ERROR / methods`` (Bonferroni), so the chance that any of them
+    is chosen while its true gain is below min_gain stays at most ``ERROR``."""
+    return SequentialRule(min_gain, confirm_seeds, max_confirm_seeds, ERROR / methods)
 
 
 def estimate_gain(

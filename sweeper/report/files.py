@@ -21,6 +21,7 @@ from pathlib import Path
 import optuna
 
 from sweeper.errors import UserError
+from sweeper.report.method_plots import method_plots
 from sweeper.report.model import Report
 from sweeper.report.plots import make_plots
 from sweeper.report.render import render_html, render_markdown
@@ -94,7 +95,7 @@ def write_report(report: Report, out: Path, study: optuna.Study | None = None) -
     """Write report.json, report.md, report.html (self-contained) and the plots' PNG files into
     the folder ``out``, whole or not at all; returns the report as written (it names its plots)
     and the files."""
-    plots = make_plots(study, report.metric_name) if study is not None else []
+    plots = (make_plots(study, report.metric_name) if study is not None else []) + method_plots(report)
     report = dataclasses.replace(report, plots=tuple(plot.name for plot in plots))
     images = [(p.name, p.title, p.caption, base64.b64encode(p.png).decode("ascii")) for p in plots]
     files: dict[str, str | bytes] = {plot.name: plot.png for plot in plots}

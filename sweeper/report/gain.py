@@ -10,8 +10,9 @@ from sweeper.report.decision import Gain, estimate_gain, sequential_rule
 from sweeper.spec import Spec
 
 
-def confirmed_gain(confirmation: dict[str, list[dict]], spec: Spec, test_labels) -> Gain:
-    """The gain of paired confirmation runs, its estimate (both noise sources) and the rule's look."""
+def confirmed_gain(confirmation: dict[str, list[dict]], spec: Spec, test_labels, methods: int = 1) -> Gain:
+    """The gain of paired confirmation runs, its estimate (both noise sources) and the rule's look
+    (``methods``: how many fine-tuning methods share the rule's error, `decision.sequential_rule`)."""
     sign = 1.0 if spec.study.direction == "maximize" else -1.0
     metric = spec.study.metric
     fe, ft = confirmation["feature_extraction"], confirmation["fine_tuning"]
@@ -31,7 +32,7 @@ def confirmed_gain(confirmation: dict[str, list[dict]], spec: Spec, test_labels)
             differences,
         )
     budget = spec.budget
-    rule = sequential_rule(spec.decision.min_gain, budget.confirm_seeds, budget.max_confirm_seeds)
+    rule = sequential_rule(spec.decision.min_gain, budget.confirm_seeds, budget.max_confirm_seeds, methods)
     look = rule.look(estimate) if estimate is not None else None
     return Gain(float(np.mean(differences)), len(differences), estimate, look)
 

@@ -6,7 +6,10 @@ report.json holds (`Report.to_json`, a fixed schema that scripts can read; see D
 not null, before that. Since the sequential rule (issue 11) ``gain_ci`` is one interval for both
 noise sources, so ``gain_ci_seeds`` and ``gain_ci_test_examples`` are gone; ``seeds``,
 ``conclusive``, ``stopped``, ``decision_interval`` and ``complete`` are new; since issue 12
-``dropped_examples`` (0 unless ``[data] on_missing = "drop"`` left examples out).
+``dropped_examples`` (0 unless ``[data] on_missing = "drop"`` left examples out). Since issue 13
+(fine-tuning methods) ``methods`` (feature extraction and the best configuration of each method,
+as points of metric against cost), ``cheapest_method`` and ``cheapest_reason``; an arm has
+``trainable_params`` and ``ship_bytes``, and the fine-tuning arm ``method``.
 """
 
 from __future__ import annotations
@@ -59,11 +62,40 @@ class Arm:
     arm_wall_seconds: float
     confirmation: ArmConfirmation | None = None
     stages: list[dict] | None = None  # the best trial's stages, kept or rolled back ([train] rollback)
+    method: str | None = None  # the fine-tuning method (None for feature extraction)
+    trainable_params: int | None = None  # in the last stage, head included (None: not recorded)
+    ship_bytes: int | None = None  # on disk, what the method would ship
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         confirmation = data.pop("confirmation")
+        if data["method"] is None:
+            del data["method"]
         return {**data, **(confirmation or {})}
+
+
+@dataclass(frozen=True)
+class MethodPoint:
+    """Feature extraction, or the best configuration of one fine-tuning method: a point of the
+    methods comparison (metric against trainable parameters and against device-seconds)."""
+
+    method: str  # "feature_extraction", or the method's name ("unfreeze", "lora", ...)
+    trial: int
+    value: float  # the test mean once confirmed, else the search's validation value
+    trainable_params: int | None
+    ship_bytes: int | None
+    device_seconds: float  # per run: from scratch once confirmed, else the best trial's
+    trials: int  # trials of this method (or of feature extraction) in the search
+    gain: float | None = None  # over feature extraction, positive = better (None for it)
+    gain_ci: tuple[float, float] | None = None  # 95%, seeds and test examples together
+    verdict: str | None = None  # the rule's look: fine_tuning | feature_extraction | more_seeds
+    picked: bool = False  # the method of the report's fine-tuning arm
+    within_best: bool | None = None  # its gain lies in the best method's 95% interval
+    front_params: bool | None = None  # on the Pareto front of metric vs trainable parameters
+    front_seconds: bool = False  # on the Pareto front of metric vs device-seconds
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "gain_ci": _pair(self.gain_ci)}
 
 
 @dataclass(frozen=True)
@@ -191,6 +223,14 @@ class Report:
     evidence: str
     plots: tuple[str, ...] = ()  # the PNG files beside the report
     dropped_examples: int = 0  # left out of the data under [data] on_missing = "drop"
+    methods: tuple[MethodPoint, ...] = ()  # feature extraction first, then each method that ran
+    cheapest_method: str | None = None  # the cheapest method within the best's 95% interval
+    cheapest_reason: str | None = None  # the line that says so, or why none is named
+
+    @property
+    def compares_methods(self) -> bool:
+        """More than one fine-tuning method ran: the report compares them."""
+        return sum(point.method != "feature_extraction" for point in self.methods) > 1
 
     @property
     def split(self) -> str:
@@ -232,6 +272,9 @@ class Report:
             "evidence": self.evidence,
             "plots": list(self.plots),
             "dropped_examples": self.dropped_examples,
+            "methods": [point.to_json() for point in self.methods],
+            "cheapest_method": self.cheapest_method,
+            "cheapest_reason": self.cheapest_reason,
         }
 
 

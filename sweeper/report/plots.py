@@ -63,10 +63,10 @@ def _scored(figure: Figure, axes, xlabel: str, label: str, name: str, title: str
     axes.set_ylabel(label)
     axes.legend(fontsize=8)
     axes.grid(alpha=0.3)
-    return Plot(name, title, caption, _png(figure))
+    return Plot(name, title, caption, png_bytes(figure))
 
 
-def _png(figure: Figure) -> bytes:
+def png_bytes(figure: Figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return buffer.getvalue()
@@ -175,7 +175,7 @@ def _by_compute(completed: list[FrozenTrial], label: str, maximize: bool) -> Plo
         label="Pareto front",
     )
     axes.set_xscale("log")
-    _label_log_axis(axes)
+    label_log_axis(axes)
     return _scored(
         figure,
         axes,
@@ -187,7 +187,7 @@ def _by_compute(completed: list[FrozenTrial], label: str, maximize: bool) -> Plo
     )
 
 
-def _label_log_axis(axes) -> None:
+def label_log_axis(axes) -> None:
     """Ticks at 1, 2 and 5 times powers of ten, written as plain numbers."""
     low, high = axes.get_xlim()
     ticks = [
@@ -237,4 +237,4 @@ def _importances(study: optuna.Study) -> Plot:
         axes.text(0.5, 0.5, "not enough completed trials for parameter importances", ha="center", va="center")
         axes.set_axis_off()
         caption = f"Parameter importances need more completed trials: {why}"
-    return Plot("importances.png", "parameter importances", caption, _png(figure))
+    return Plot("importances.png", "parameter importances", caption, png_bytes(figure))

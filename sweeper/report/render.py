@@ -4,9 +4,10 @@ the table across several studies. Reads the typed `Report` only; computes nothin
 from __future__ import annotations
 
 import html
-from typing import Any
 
+from sweeper.report.methods import FRONT_NOTE, cheapest_line, method_header, method_rows, methods_markdown
 from sweeper.report.model import ArmConfirmation, Report
+from sweeper.report.text import interval_text, number, strategy_name
 
 ImageRow = tuple[str, str, str, str]  # (file name, title, caption, base64 PNG)
 
@@ -15,20 +16,6 @@ table{border-collapse:collapse;margin:.6rem 0 1.2rem}th,td{border:1px solid #ccc
 text-align:left;vertical-align:top}th{background:#f6f6f6}.decision{font-size:1.6rem;font-weight:600}
 figure{margin:1.2rem 0}img{max-width:100%;border:1px solid #eee}figcaption{color:#555;font-size:.9rem}
 .note{color:#555;font-size:.9rem}"""
-
-
-def number(value: Any, fmt: str = "{:.4f}") -> str:
-    if value is None or (isinstance(value, float) and value != value):
-        return "–"
-    return fmt.format(value)
-
-
-def interval_text(ci) -> str:
-    return f"[{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else "–"
-
-
-def strategy_name(strategy: str | None) -> str:
-    return strategy.replace("_", " ") if strategy else "–"
 
 
 def headline(report: Report) -> list[tuple[str, str]]:
@@ -239,7 +226,7 @@ def render_markdown(report: Report) -> str:
         "|---|---|---|",
     ]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in arm_rows(report)]
-    lines += ["", f"_{report.evidence}._", ""]
+    lines += ["", f"_{report.evidence}._", ""] + methods_markdown(report)
     if matrix_rows(report):
         lines += ["## Decision matrix", "", "| | |", "|---|---|"]
         lines += [f"| {a} | {b} |" for a, b in matrix_rows(report)] + [""]
@@ -279,6 +266,12 @@ def render_html(report: Report, images: list[ImageRow]) -> str:
         _table(arm_rows(report), ("", "feature extraction", "fine-tuning")),
         f"<p class='note'>{esc(report.evidence)}.</p>",
     ]
+    if report.compares_methods:
+        parts += [
+            "<h2>Fine-tuning methods</h2>",
+            _table(method_rows(report), method_header(report)),
+            f"<p><b>{esc(cheapest_line(report))}</b></p><p class='note'>{esc(FRONT_NOTE)}</p>",
+        ]
     if matrix_rows(report):
         parts += ["<h2>Decision matrix</h2>", _table(matrix_rows(report))]
     if forgetting_rows(report):

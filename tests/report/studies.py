@@ -5,19 +5,22 @@ from __future__ import annotations
 
 import numpy as np
 import optuna
-from optuna.distributions import FloatDistribution, IntDistribution
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from sweeper.confirm import pack
+from sweeper.records import TrialAttr
 from sweeper.report import DatasetFacts, Report, build_report
 
+METHODS = ("layer_decay", "lora", "unfreeze")
 TEST_EXAMPLES = 2000
 LABELS = np.arange(TEST_EXAMPLES) % 3
 
 
-def make_study(direction: str, trials: list[tuple[int, float, float]]) -> optuna.Study:
-    """trials: (unfrozen_blocks, value, device_seconds)."""
+def make_study(direction: str, trials: list[tuple]) -> optuna.Study:
+    """trials: (unfrozen_blocks, value, device_seconds), or with (method, trainable_params) after:
+    a study that searched the fine-tuning method (the "method" param) and recorded its cost."""
     study = optuna.create_study(direction=direction)
-    for blocks, value, seconds in trials:
+    for blocks, value, seconds, *method in trials:
         params = {"unfrozen_blocks": blocks, "head_lr": 1e-3, "head_epochs": 1}
         distributions = {
             "unfrozen_blocks": IntDistribution(0, 6),
@@ -36,6 +39,12 @@ def make_study(direction: str, trials: list[tuple[int, float, float]]) -> optuna
                 blocks_per_stage=IntDistribution(1, 2),
             )
             attrs["forgetting"] = [{"stage": 1, "cka": 0.95, "weight_change": {"5": 0.01}}]
+        if method:
+            name, trainable = method
+            if blocks:
+                params["method"] = name
+                distributions["method"] = CategoricalDistribution(METHODS)
+            attrs |= {TrialAttr.TRAINABLE_PARAMS: trainable, TrialAttr.SHIP_BYTES: 4 * trainable}
         study.add_trial(
             optuna.trial.create_trial(
                 params=params,

@@ -1,7 +1,9 @@
 """report.json keeps its fixed schema: the same keys in the same places, with the confirmation's
 keys absent (not null) until the test split confirmed. Since issue 11 ``gain_ci`` is one interval
 for both noise sources (``gain_ci_seeds`` and ``gain_ci_test_examples`` went), and the sequential
-confirmation and the study's completeness have keys of their own."""
+confirmation and the study's completeness have keys of their own; since issue 13 the methods
+comparison adds ``methods``, ``cheapest_method`` and ``cheapest_reason``, each arm its
+``trainable_params`` and ``ship_bytes``, and the fine-tuning arm its ``method``."""
 
 from __future__ import annotations
 
@@ -20,11 +22,15 @@ TOP = {
     "confidence", "seeds", "conclusive", "stopped", "decision_interval", "decision_confidence",
     "seed_share", "complete", "trials_note", "cost_ratio", "gain_per_device_hour",
     "cost", "matrix", "forgetting", "reason", "metric", "direction", "min_gain", "evidence", "plots",
-    "dropped_examples",
+    "dropped_examples", "methods", "cheapest_method", "cheapest_reason",
 }  # fmt: skip
 ARM = {
     "trial", "params", "mlflow_run_id", "search_value", "value", "device_seconds", "wall_seconds",
-    "trials", "arm_device_seconds", "arm_wall_seconds", "stages",
+    "trials", "arm_device_seconds", "arm_wall_seconds", "stages", "trainable_params", "ship_bytes",
+}  # fmt: skip
+POINT = {
+    "method", "trial", "value", "trainable_params", "ship_bytes", "device_seconds", "trials", "gain",
+    "gain_ci", "verdict", "picked", "within_best", "front_params", "front_seconds",
 }  # fmt: skip
 CONFIRMED_ARM = ARM | {
     "seed_values",
@@ -59,7 +65,9 @@ def _json(report) -> dict:
 def test_a_search_only_report_has_the_schema_without_the_confirmation_keys(study, spec):
     loaded = _json(build_report(study, spec, DATASET, None, PROBE, LABELS))
     assert set(loaded) == TOP and loaded["metric"] == "val_accuracy" and loaded["confirmed"] is False
-    assert set(loaded["feature_extraction"]) == set(loaded["fine_tuning"]) == ARM
+    assert set(loaded["feature_extraction"]) | {"method"} == set(loaded["fine_tuning"]) == ARM | {"method"}
+    assert [point["method"] for point in loaded["methods"]] == ["feature_extraction", "unfreeze"]
+    assert all(set(point) == POINT for point in loaded["methods"])
     assert set(loaded["cost"]) == {"study", "confirmation"}
     assert set(loaded["cost"]["study"]) == {"trials", "device_seconds", "wall_seconds", "elapsed_seconds"}
     assert set(loaded["cost"]["confirmation"]) == {"runs", "device_seconds", "wall_seconds"}
@@ -75,7 +83,11 @@ def test_a_confirmed_report_adds_the_confirmation_keys_and_nothing_else(study, s
     }
     loaded = _json(build_report(study, spec, DATASET, runs, PROBE, LABELS))
     assert set(loaded) == TOP and loaded["metric"] == "test_accuracy" and loaded["confirmed"] is True
-    assert set(loaded["feature_extraction"]) == set(loaded["fine_tuning"]) == CONFIRMED_ARM
+    assert (
+        set(loaded["feature_extraction"]) | {"method"}
+        == set(loaded["fine_tuning"])
+        == CONFIRMED_ARM | {"method"}
+    )
     assert set(loaded["forgetting"]) == FORGETTING | {"confirmed"}
     assert set(loaded["forgetting"]["confirmed"]) == {
         "cka",
