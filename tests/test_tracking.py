@@ -38,9 +38,15 @@ def test_each_trial_is_a_child_run_with_params_metrics_and_tags(finished_study):
         assert run.data.tags["optuna.study"] == "tiny"
         assert run.data.tags["optuna.trial"] == str(trial.number)
         assert run.data.tags["sweeper.strategy"] == strategy_of(trial)
-        # MLflow params carry the Optuna parameter names, with the same values
-        assert {k: float(v) for k, v in run.data.params.items()} == pytest.approx(
-            {k: float(v) for k, v in trial.params.items()}
+        # MLflow params carry the Optuna parameter names, with the same values, and the method
+        # (a param for the UI's filter even where the spec fixes it and Optuna draws none)
+        params = dict(run.data.params)
+        assert (
+            params.pop("method") == trial.params.get("method", "unfreeze") == run.data.tags["sweeper.method"]
+        )
+        numeric = {k: v for k, v in trial.params.items() if k != "method"}
+        assert {k: float(v) for k, v in params.items()} == pytest.approx(
+            {k: float(v) for k, v in numeric.items()}
         )
         history = client.get_metric_history(run.info.run_id, "val_accuracy")
         steps = sorted(m.step for m in history)
