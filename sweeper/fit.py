@@ -103,9 +103,9 @@ def fit(
     _warm_prefix_states(runtime, model, plan)
     timing.prefix += time.perf_counter() - started
 
-    meter = ForgettingMeter(runtime, model, plan) if plan.unfrozen_blocks else None
     method = method_for(config)
     method.prepare(model, plan)  # after the prefix states: those come from the pretrained blocks
+    meter = ForgettingMeter(runtime, model, plan, method.block_weights) if plan.unfrozen_blocks else None
     groups = method.param_groups(model, plan)
     optimizer = make_optimizer(groups, config.head_lr, spec.train.weight_decay)
     settings = train_settings(runtime, seed=spec.study.seed + seed)

@@ -7,7 +7,10 @@ unfreeze more of the network. The pretrained features are computed once per stud
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
+from torch import nn
 
 from sweeper.backbones import BlockModel
 from sweeper.runtime import StudyRuntime
@@ -22,6 +25,8 @@ class ForgettingMeter:
         runtime: the study runtime (model, data, splits, device, state sources).
         model: the model about to be trained; it must still hold the pretrained weights.
         plan: its stage plan.
+        block_weights: a trained block's weights as it computes with them (its method's say:
+            LoRA adds each adapter to the weight it adapts); by default its parameters.
 
     Example:
         >>> meter = ForgettingMeter(runtime, model, plan)   # before training
@@ -30,8 +35,15 @@ class ForgettingMeter:
         ...     figures = meter.measure(result.stage, result.val_features)
     """
 
-    def __init__(self, runtime: StudyRuntime, model: BlockModel, plan: StagePlan) -> None:
+    def __init__(
+        self,
+        runtime: StudyRuntime,
+        model: BlockModel,
+        plan: StagePlan,
+        block_weights: Callable[[nn.Module], Sequence[torch.Tensor]] | None = None,
+    ) -> None:
         self.runtime = runtime
+        self.block_weights = block_weights or (lambda block: list(block.parameters()))
         self.model = model
         self.plan = plan
         self.history: list[dict] = []
@@ -48,6 +60,7 @@ class ForgettingMeter:
     def is_stage_end(self, epoch: int) -> bool:
         return epoch in self.stage_ends
 
+    @torch.no_grad()
     def measure(self, stage: int, tuned: torch.Tensor | None = None) -> dict[str, float]:
         """The figures now, as MLflow metrics; also appended to ``history``. ``tuned``: the
         model's pooled validation features, when the evaluation just computed them."""
@@ -55,7 +68,9 @@ class ForgettingMeter:
             source = self.runtime.source(self.model, "val", self.plan.cut)
             tuned = pooled_features(self.model, source, self.runtime.states.batch_size, self.runtime.device)
         changes = {
-            str(index): relative_weight_change(self.model.blocks[index], self._reference[index])
+            str(index): relative_weight_change(
+                self.block_weights(self.model.blocks[index]), self._reference[index]
+            )
             for index in range(self.plan.cut, self.plan.num_blocks)
         }
         cka = linear_cka(self._pretrained, tuned)

@@ -27,7 +27,7 @@ STRATEGIES: tuple[Strategy, Strategy] = (FEATURE_EXTRACTION, FINE_TUNING)
 # the fine-tuning methods (sweeper/methods.py), by the names a spec's [search] method gives them;
 # a feature-extraction trial trains no block, and reads as "unfreeze"
 UNFREEZE, LORA, LAYER_DECAY = "unfreeze", "lora", "layer_decay"
-METHOD_NAMES: tuple[str, ...] = (UNFREEZE, LAYER_DECAY)  # those registered so far
+METHOD_NAMES: tuple[str, ...] = (UNFREEZE, LORA, LAYER_DECAY)  # those registered so far
 METHOD_PARAM = "method"  # the Optuna param (drawn where [search] lists several) and the MLflow param
 # the params that only a method draws, and so name it where [search] gives one method
 METHOD_OWN_PARAMS = {LORA: ("lora_rank", "lora_alpha"), LAYER_DECAY: ("lr_decay",)}

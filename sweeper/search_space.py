@@ -39,7 +39,10 @@ def suggest_config(trial: optuna.Trial, search: SearchSection, arm: Strategy | N
         unfrozen,
         head_lr,
         head_epochs,
-        lr_ratio=trial.suggest_float("lr_ratio", *bounds(search.lr_ratio), log=True),
+        # LoRA's adapters are new weights, learning at head_lr: no ratio to draw
+        lr_ratio=None
+        if method == LORA
+        else trial.suggest_float("lr_ratio", *bounds(search.lr_ratio), log=True),
         stage_epochs=trial.suggest_int("stage_epochs", *bounds(search.stage_epochs)),
         blocks_per_stage=trial.suggest_int("blocks_per_stage", *bounds(search.blocks_per_stage)),
         method=method,
@@ -90,7 +93,7 @@ def baseline_configs(search: SearchSection) -> list[TrialConfig]:
         high_blocks,
         head_lr,
         bounds(search.head_epochs)[0],
-        lr_ratio=min(max(_PRACTICE_LR_RATIO, low_ratio), high_ratio),
+        lr_ratio=None if method == LORA else min(max(_PRACTICE_LR_RATIO, low_ratio), high_ratio),
         stage_epochs=bounds(search.stage_epochs)[1],
         blocks_per_stage=bounds(search.blocks_per_stage)[1],
         method=method,

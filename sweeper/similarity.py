@@ -4,6 +4,8 @@ reads a model's pooled features (the input of its head) from a state source."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from torch import nn
@@ -39,10 +41,12 @@ def _centered(features) -> np.ndarray:
 
 
 @torch.no_grad()
-def relative_weight_change(current: nn.Module, reference: nn.Module) -> float:
-    """``||w - w0|| / ||w0||`` over all parameters of a module, against its pretrained copy."""
+def relative_weight_change(current: nn.Module | Sequence[torch.Tensor], reference: nn.Module) -> float:
+    """``||w - w0|| / ||w0||`` over all parameters of a module (or its weights, in its parameters'
+    order), against its pretrained copy."""
     moved, size = 0.0, 0.0
-    pairs = zip(current.parameters(), reference.parameters(), strict=True)
+    weights = current.parameters() if isinstance(current, nn.Module) else current
+    pairs = zip(weights, reference.parameters(), strict=True)
     for weight, weight0 in pairs:
         weight0 = weight0.detach().double().cpu()
         moved += float((weight.detach().double().cpu() - weight0).pow(2).sum())

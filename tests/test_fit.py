@@ -121,7 +121,7 @@ def test_the_pretrained_weights_the_runs_share_never_move(runtime):
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-@pytest.mark.parametrize("method", ["unfreeze", "layer_decay"])
+@pytest.mark.parametrize("method", ["unfreeze", "layer_decay", "lora"])
 def test_every_fine_tuning_stage_trains_from_the_cached_states_entering_its_lowest_trained_block(
     runtime, monkeypatch, method
 ):
@@ -140,6 +140,7 @@ def test_every_fine_tuning_stage_trains_from_the_cached_states_entering_its_lowe
     # the states entering its lowest trained block, train and val split, all from the cache
     assert [s.start for s in sources] == [7, 7] + [c for c in lowest for _ in ("train", "val")]
     assert all(s._states is not None for s in sources)
-    assert fitted.trainable_params == sum(p.numel() for p in fitted.model.head.parameters()) + sum(
-        p.numel() for block in fitted.model.blocks[4:] for p in block.parameters()
-    )
+    trained = [fitted.model.head, *fitted.model.blocks[4:]]
+    assert fitted.trainable_params == sum(
+        p.numel() for part in trained for n, p in part.named_parameters() if method != "lora" or "lora_" in n
+    ) + (sum(p.numel() for p in fitted.model.head.parameters()) if method == "lora" else 0)

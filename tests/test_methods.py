@@ -54,6 +54,7 @@ def test_staged_unfreezing_groups_every_block_the_plan_trains_from_the_start():
 
 
 UNFREEZE_2 = TrialConfig(2, 0.01, 1, lr_ratio=0.1, stage_epochs=1, blocks_per_stage=1)
+LORA_2 = TrialConfig(2, 0.01, 1, None, 1, 1, method="lora", lora_rank=2, lora_alpha=4.0)
 LAYER_DECAY_2 = TrialConfig(2, 0.01, 1, 0.1, 1, 1, method="layer_decay", lr_decay=0.8)
 LAYER_DECAY = TrialConfig(
     3, 0.01, 1, lr_ratio=0.1, stage_epochs=1, blocks_per_stage=1, method="layer_decay", lr_decay=0.5
@@ -97,7 +98,7 @@ def _trainable(model) -> set[int]:
 
 
 @pytest.mark.parametrize("case", list(CASES), ids=str)
-@pytest.mark.parametrize("config", [UNFREEZE_2, LAYER_DECAY_2], ids=lambda c: c.method)
+@pytest.mark.parametrize("config", [UNFREEZE_2, LAYER_DECAY_2, LORA_2], ids=lambda c: c.method)
 def test_one_training_step_of_each_method_moves_exactly_what_it_trains_in_every_family(case, config):
     build, _, blocks, kind = CASES[case]
     torch.manual_seed(0)
@@ -118,3 +119,5 @@ def test_one_training_step_of_each_method_moves_exactly_what_it_trains_in_every_
     for index in range(plan.cut, blocks):  # every block the last stage trains moved
         assert any(name.startswith(f"blocks.{index}.") for name in moved), index
     assert not any(name.startswith(("stem.", f"blocks.{plan.cut - 1}.")) for name in trainable)
+    if config.method == "lora":  # the adapters and the head, nothing pretrained
+        assert trainable == {n for n, _ in model.named_parameters() if "lora_" in n or n.startswith("head.")}

@@ -118,3 +118,26 @@ def test_the_fine_tuning_baseline_is_staged_unfreezing_where_listed_else_the_fir
     assert tuned.method == "unfreeze" and tuned.lr_decay is None
     _, tuned = baseline_configs(SearchSection(method="layer_decay", lr_decay=(0.6, 0.9)))
     assert tuned.method == "layer_decay" and tuned.lr_decay == pytest.approx(0.75)
+
+
+def test_a_lora_trial_draws_its_rank_and_alpha_and_no_lr_ratio():
+    space = SearchSection(
+        unfrozen_blocks=(1, 2), method=("lora", "unfreeze"), lora_rank=(2, 32), lora_alpha=(4.0, 64.0)
+    )
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    drawn = []
+    for _ in range(20):
+        trial = study.ask()
+        config = suggest_config(trial, space)
+        drawn.append(config.method)
+        lora = config.method == "lora"
+        assert ("lr_ratio" in trial.params) != lora and (
+            {"lora_rank", "lora_alpha"} <= set(trial.params)
+        ) == lora
+        if lora:
+            assert (
+                2 <= config.lora_rank <= 32 and 4.0 <= config.lora_alpha <= 64.0 and config.lr_ratio is None
+            )
+        assert TrialConfig.from_params(trial.params) == config
+        study.tell(trial, 0.5)
+    assert set(drawn) == {"lora", "unfreeze"}

@@ -28,6 +28,7 @@ class BlockModel(nn.Module):
         feature_dim: width of the neck's output.
         num_classes: outputs of the new head.
         compact: optional state → state that drops padding before a block runs (text).
+        lora_modules: the kinds of layer inside a block that LoRA may adapt (its family's say).
 
     Example:
         >>> model = BlockModel(stem, [b1, b2], neck, feature_dim=64, num_classes=3)
@@ -42,8 +43,10 @@ class BlockModel(nn.Module):
         feature_dim: int,
         num_classes: int,
         compact: Callable[[State], State] | None = None,
+        lora_modules: tuple[type[nn.Module], ...] = (nn.Linear,),
     ) -> None:
         super().__init__()
+        self.lora_modules = lora_modules
         self.stem = stem
         self.blocks = nn.ModuleList(blocks)
         self.neck = neck
@@ -123,6 +126,8 @@ class Family:
     input_kind: ClassVar[str] = "image"  # "image" | "text"
     # torchvision model names of this family (prefixes), for the list of supported names
     torchvision_names: ClassVar[tuple[str, ...]] = ()
+    # the kinds of layer inside its blocks that LoRA may adapt (CNN families add convolutions)
+    lora_modules: ClassVar[tuple[type[nn.Module], ...]] = (nn.Linear,)
 
     @classmethod
     def matches(cls, module: nn.Module) -> bool:
@@ -141,7 +146,15 @@ class Family:
     def cut(cls, module: nn.Module, num_classes: int) -> BlockModel:
         """The network as a `BlockModel` with a new head of ``num_classes`` outputs."""
         parts = cls.parts(module)
-        return BlockModel(parts.stem, parts.blocks, parts.neck, parts.feature_dim, num_classes, parts.compact)
+        return BlockModel(
+            parts.stem,
+            parts.blocks,
+            parts.neck,
+            parts.feature_dim,
+            num_classes,
+            parts.compact,
+            cls.lora_modules,
+        )
 
 
 FAMILIES: list[type[Family]] = []

@@ -58,6 +58,7 @@ class _EncoderFamily(Family):
 
     input_kind = "text"
     layers: ClassVar[str]
+    lora_modules = (nn.Linear,)  # attention's query, key, value and output, the feed-forward layers
 
     @classmethod
     def _layers(cls, module: nn.Module) -> nn.ModuleList | None:

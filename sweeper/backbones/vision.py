@@ -8,6 +8,8 @@ from torchvision import models as tvm
 
 from sweeper.backbones.base import Family, ImageStem, Parts, State, TensorBlock, register
 
+_CONVOLUTIONS_AND_LINEAR = (nn.Conv2d, nn.Linear)  # what LoRA may adapt in a CNN family's blocks
+
 
 def _pooled_neck(*extra: nn.Module) -> TensorNeck:
     return TensorNeck(nn.Sequential(nn.AdaptiveAvgPool2d(1), *extra, nn.Flatten(1)))
@@ -28,6 +30,7 @@ class ResNetFamily(Family):
 
     name = "resnet"
     torchvision_names = ("resnet", "wide_resnet", "resnext")
+    lora_modules = _CONVOLUTIONS_AND_LINEAR
 
     @classmethod
     def matches(cls, module: nn.Module) -> bool:
@@ -46,6 +49,7 @@ class EfficientNetFamily(Family):
 
     name = "efficientnet"
     torchvision_names = ("efficientnet",)
+    lora_modules = _CONVOLUTIONS_AND_LINEAR
 
     @classmethod
     def matches(cls, module: nn.Module) -> bool:
@@ -62,6 +66,7 @@ class MobileNetV3Family(Family):
 
     name = "mobilenet_v3"
     torchvision_names = ("mobilenet_v3",)
+    lora_modules = _CONVOLUTIONS_AND_LINEAR
 
     @classmethod
     def matches(cls, module: nn.Module) -> bool:
@@ -84,6 +89,7 @@ class ConvNeXtFamily(Family):
 
     name = "convnext"
     torchvision_names = ("convnext",)
+    lora_modules = _CONVOLUTIONS_AND_LINEAR
 
     @classmethod
     def matches(cls, module: nn.Module) -> bool:
@@ -129,6 +135,7 @@ class ViTFamily(Family):
 
     name = "vit"
     torchvision_names = ("vit_",)
+    lora_modules = (nn.Linear,)  # the feed-forward layers (attention's projections are not modules it calls)
 
     @classmethod
     def matches(cls, module: nn.Module) -> bool:

@@ -10,11 +10,13 @@ imported below, and named in `records.METHOD_NAMES` (the names a spec may give).
 """
 
 from sweeper.methods.base import METHODS, Method, method_for, register_method, ship_bytes, trainable_params
+from sweeper.methods.lora import LoRA
 from sweeper.methods.unfreeze import LayerDecay, StagedUnfreezing
 
 __all__ = [
     "METHODS",
     "LayerDecay",
+    "LoRA",
     "Method",
     "StagedUnfreezing",
     "method_for",

@@ -7,6 +7,7 @@ import io
 from typing import ClassVar
 
 import torch
+from torch import nn
 
 from sweeper.backbones.base import BlockModel
 from sweeper.config import TrialConfig
@@ -33,6 +34,11 @@ class Method:
     def param_groups(self, model: BlockModel, plan: StagePlan) -> list[dict]:
         """Every param group the plan will ever train, created up front, each with its ``lr_scale``."""
         raise NotImplementedError
+
+    def block_weights(self, block: nn.Module) -> list[torch.Tensor]:
+        """A trained block's weights as it computes with them, in the pretrained block's order (what
+        the forgetting figures compare with the pretrained weights)."""
+        return list(block.parameters())
 
     def shipped(self, model: BlockModel, plan: StagePlan) -> dict[str, torch.Tensor]:
         """What a user of the trained model would ship beside the pretrained weights: the head and
