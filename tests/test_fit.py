@@ -125,9 +125,8 @@ def test_the_pretrained_weights_the_runs_share_never_move(runtime):
 def test_every_fine_tuning_stage_trains_from_the_cached_states_entering_its_lowest_trained_block(
     runtime, monkeypatch, method
 ):
-    config = dataclasses.replace(
-        FINE_TUNING, method=method, lr_decay=0.8 if method == "layer_decay" else None
-    )
+    own = {"layer_decay": {"lr_decay": 0.8}, "lora": {"lr_ratio": None, "lora_rank": 4, "lora_alpha": 8.0}}
+    config = dataclasses.replace(FINE_TUNING, method=method, **own.get(method, {}))
     plan = config.plan(runtime.pretrained.num_blocks)
     runtime.pretrained_features("val")  # once per runtime (for the forgetting figures), not per run
     sources = []
