@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
 from sweeper.report.model import MethodPoint, Report
-from sweeper.report.plots import Plot, label_log_axis, png_bytes
+from sweeper.report.plots import Plot, draw_front, label_log_axis, png_bytes
 from sweeper.report.text import count, strategy_name
 
 
@@ -58,14 +58,7 @@ def _panel(
         axes.annotate(name, at, fontsize=8, xytext=(5, 5), textcoords="offset points")
     on = sorted((max(x, 1e-3), p.value) for x, p, flag in points if flag)
     if on:
-        axes.step(
-            [x for x, _ in on],
-            [y for _, y in on],
-            where="post",
-            color="black",
-            alpha=0.6,
-            label="Pareto front",
-        )
+        draw_front(axes, on)
     axes.set_xscale("log")
     axes.margins(x=0.12, y=0.1)
     axes.grid(alpha=0.3)

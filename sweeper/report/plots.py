@@ -166,14 +166,7 @@ def _by_compute(completed: list[FrozenTrial], label: str, maximize: bool) -> Plo
             xs = [max(seconds_of(t, "device"), 1e-3) for t in trials]
             axes.scatter(xs, [t.value for t in trials], color=color, label=LABELS[strategy])
     front = pareto_front([(max(seconds_of(t, "device"), 1e-3), t.value) for t in completed], maximize)
-    axes.step(
-        [x for x, _ in front],
-        [y for _, y in front],
-        where="post",
-        color="black",
-        alpha=0.6,
-        label="Pareto front",
-    )
+    draw_front(axes, front)
     axes.set_xscale("log")
     label_log_axis(axes)
     return _scored(
@@ -184,6 +177,18 @@ def _by_compute(completed: list[FrozenTrial], label: str, maximize: bool) -> Plo
         "by_compute.png",
         f"{label} vs compute",
         "The Pareto front joins the trials that no other trial beats on both score and compute.",
+    )
+
+
+def draw_front(axes, front: list[tuple[float, float]]) -> None:
+    """The Pareto front, its points sorted by x, as a step line."""
+    axes.step(
+        [x for x, _ in front],
+        [y for _, y in front],
+        where="post",
+        color="black",
+        alpha=0.6,
+        label="Pareto front",
     )
 
 
