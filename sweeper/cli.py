@@ -28,7 +28,7 @@ def _trial_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--trials",
         type=_positive_int,
-        help="the study's total of finished trials (default: [budget] trials)",
+        help="trials to finish (default: [budget] trials); [budget] fe_trials feature-extraction trials come on top",
     )
     parser.add_argument("--timeout", type=_positive_float, help="stop starting trials after S seconds")
     parser.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")

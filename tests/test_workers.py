@@ -15,6 +15,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
@@ -74,11 +75,15 @@ def _finish(process: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
 
 
 def _load(storage: str, name: str = "tiny", wait: float = 600) -> optuna.Study:
-    # generous: twelve workers importing torch on two busy cores took over 120 s to create the study
+    # generous: twelve workers importing torch on two busy cores took over 120 s to create the study.
+    # No pool: each poll's storage would keep its connection open until garbage collected, and a
+    # few hundred polls while the workers start exhaust the server's max_connections
+    # ("too many clients"), failing the workers under test
+    rdb = optuna.storages.RDBStorage(storage, engine_kwargs={"poolclass": sqlalchemy.pool.NullPool})
     deadline = time.monotonic() + wait
     while True:
         try:
-            return optuna.load_study(study_name=name, storage=storage)
+            return optuna.load_study(study_name=name, storage=rdb)
         except KeyError:
             if time.monotonic() > deadline:
                 raise
