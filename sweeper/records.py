@@ -58,6 +58,7 @@ class StudyAttr:
     DATA_DIGEST = "sweeper.data_digest"  # of its examples and labels (`RawData.digest`)
     WEIGHTS_DIGEST = "sweeper.weights_digest"  # of the pretrained weights (`Pretrained.digest`)
     PROBE = "sweeper.probe"  # the frozen-feature linear probe of the decision matrix
+    SCREEN = "sweeper.screen"  # the candidate screen that kept the study (`screen.ScreenResult.to_json`)
     CONFIRMATION_PREFIX = "sweeper.confirm."  # + a key: one cached confirmation run
     FT_BASELINE_QUEUED = "sweeper.fine_tuning_baseline_queued"  # once the feature-extraction arm is done
 

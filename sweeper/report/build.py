@@ -47,6 +47,7 @@ from sweeper.report.model import (
     Report,
     StudyCost,
 )
+from sweeper.report.screen import screen_of
 from sweeper.spec import Spec
 
 
@@ -146,7 +147,7 @@ def build_report(
         **_completeness(study, spec),
         cost_ratio=_cost_ratio(fe, ft),
         gain_per_device_hour=_gain_per_device_hour(gain, fe, ft),
-        cost=_cost(study, confirmation),
+        **_cost_and_screen(study, spec, confirmation),
         matrix=_matrix(dataset, probe, decision, gain),
         forgetting=summarize_forgetting(study, trials.get(picked), confirmation.get(picked)),
         reason=reason + (methods_note(compared["methods"]) if gains and not missing else ""),
@@ -211,6 +212,13 @@ def _gain_per_device_hour(gain: Gain | None, fe: Arm | None, ft: Arm | None) -> 
     if gain is None or not fe or not ft or ft.device_seconds <= fe.device_seconds:
         return None
     return gain.value / ((ft.device_seconds - fe.device_seconds) / 3600)
+
+
+def _cost_and_screen(study: optuna.Study, spec: Spec, confirmation: dict[str, list[dict]]) -> dict:
+    """The study's cost, and the candidate screen that kept it (if one did), this cost beside it."""
+    cost = _cost(study, confirmation)
+    recorded = study.user_attrs.get(StudyAttr.SCREEN)
+    return {"cost": cost, "screen": screen_of(recorded, spec.study.name, cost.study.device_seconds)}
 
 
 def _cost(study: optuna.Study, confirmation: dict[str, list[dict]]) -> Cost:

@@ -9,7 +9,9 @@ noise sources, so ``gain_ci_seeds`` and ``gain_ci_test_examples`` are gone; ``se
 ``dropped_examples`` (0 unless ``[data] on_missing = "drop"`` left examples out). Since issue 13
 (fine-tuning methods) ``methods`` (feature extraction and the best configuration of each method,
 as points of metric against cost), ``cheapest_method`` and ``cheapest_reason``; an arm has
-``trainable_params`` and ``ship_bytes``, and the fine-tuning arm ``method``.
+``trainable_params`` and ``ship_bytes``, and the fine-tuning arm ``method``. A study kept by a
+candidate screen (``[model] candidates``) opens with ``screen`` (the ranking and its seconds); the
+others have no such key.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sweeper.records import Strategy
+from sweeper.report.screen import Screen
 
 REPORT_KEYS = (
     "study",
@@ -226,6 +229,7 @@ class Report:
     methods: tuple[MethodPoint, ...] = ()  # feature extraction first, then each method that ran
     cheapest_method: str | None = None  # the cheapest method within the best's 95% interval
     cheapest_reason: str | None = None  # the line that says so, or why none is named
+    screen: Screen | None = None  # the candidate screen that kept this study ([model] candidates)
 
     @property
     def compares_methods(self) -> bool:
@@ -242,8 +246,9 @@ class Report:
         return f"{self.split}_{self.metric_name}"
 
     def to_json(self) -> dict[str, Any]:
-        """report.json: the same keys, in the same places, as every earlier version."""
-        return {
+        """report.json: the same keys, in the same places, as every earlier version; a study
+        kept by a candidate screen opens with it (``screen``)."""
+        data = {
             "study": self.study,
             "decision": self.decision,
             "confirmed": self.confirmed,
@@ -276,6 +281,7 @@ class Report:
             "cheapest_method": self.cheapest_method,
             "cheapest_reason": self.cheapest_reason,
         }
+        return data if self.screen is None else {"screen": self.screen.to_json(), **data}
 
 
 def _json(value) -> dict[str, Any] | None:

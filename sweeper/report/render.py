@@ -7,6 +7,7 @@ import html
 
 from sweeper.report.methods import FRONT_NOTE, cheapest_line, method_header, method_rows, methods_markdown
 from sweeper.report.model import ArmConfirmation, Report
+from sweeper.report.screen import screen_html, screen_markdown
 from sweeper.report.text import interval_text, number, strategy_name
 
 ImageRow = tuple[str, str, str, str]  # (file name, title, caption, base64 PNG)
@@ -214,7 +215,7 @@ def cost_rows(report: Report) -> list[tuple[str, str]]:
 
 
 def render_markdown(report: Report) -> str:
-    lines = [f"# sweeper report: {report.study}", ""]
+    lines = [f"# sweeper report: {report.study}", "", *screen_markdown(report.screen)]
     lines += [f"> **incomplete**: {incomplete(report)}", ""] if incomplete(report) else []
     lines += [f"- **{k}**: {v}" for k, v in headline(report)]
     lines += ["", f"_{dropped_note(report)}._"] if dropped_note(report) else []
@@ -258,6 +259,7 @@ def render_html(report: Report, images: list[ImageRow]) -> str:
     esc = html.escape
     parts = [
         f"<h1>sweeper report: {esc(report.study)}</h1>",
+        screen_html(report.screen),
         f"<p class='note'><b>incomplete</b>: {esc(incomplete(report))}</p>" if incomplete(report) else "",
         f"<p class='decision'>decision: {esc(strategy_name(report.decision))}</p>",
         _table(headline(report)[1:]),
