@@ -9,7 +9,6 @@ interrupted it (130 for Ctrl-C, 143 for SIGTERM).
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 from collections import Counter
@@ -32,6 +31,7 @@ from sweeper.outcomes import (
     ReportInterrupted,
     ReportNotRecorded,
     ReportOutcome,
+    ScreenedOutcome,
     StudyOutcome,
     Where,
     WorkerOutcome,
@@ -45,12 +45,12 @@ from sweeper.report import (
     ReportNotWritten,
     check_report_folder,
     report_study,
-    spec_files,
     write_report,
     write_summary,
 )
 from sweeper.report.build import elapsed_seconds
 from sweeper.runtime import Prepared, StudyRuntime, prepare
+from sweeper.screening import report_settings, studied_candidates, study_screened
 from sweeper.session import Session, open_session, quiet_libraries, run_here
 from sweeper.settings import Options, Settings, default_spec_path, resolve
 from sweeper.spec import load_spec
@@ -60,11 +60,20 @@ from sweeper.tracking import StudyTracker
 from sweeper.workers import WorkersStopped, default_worker_count, run_workers, start_forkserver
 
 
-def run_study(spec_path: Path | None, options: Options, console: Console | None = None) -> StudyOutcome:
+def run_study(
+    spec_path: Path | None, options: Options, console: Console | None = None
+) -> StudyOutcome | ScreenedOutcome:
     """Run the spec's study (default: studies/vader-minilm.toml) up to its total of finished
-    trials, here or in ``--workers`` processes, then write the search-only report."""
+    trials, here or in ``--workers`` processes, then write the search-only report. With [model]
+    candidates: screen them first, then run a study of each one kept (`screening`)."""
     console = console or Console(highlight=False, soft_wrap=True)
-    settings = resolve(options, load_spec(spec_path or default_spec_path()))
+    spec = load_spec(spec_path or default_spec_path())
+    if spec.model.candidates is not None:
+        return study_screened(spec, options, console, lambda settings: _study(settings, console))
+    return _study(resolve(options, spec), console)
+
+
+def _study(settings: Settings, console: Console) -> StudyOutcome:
     check_report_folder(settings.out)
     workers = settings.workers or 1
     if workers > 1:
@@ -86,11 +95,17 @@ def run_study(spec_path: Path | None, options: Options, console: Console | None 
         return StudyOutcome(report, _where(settings, settings.out, session.tracker))
 
 
-def run_worker(spec_path: Path | None, options: Options, console: Console | None = None) -> WorkerOutcome:
+def run_worker(
+    spec_path: Path | None, options: Options, console: Console | None = None
+) -> WorkerOutcome | ScreenedOutcome:
     """Join the spec's study (creating it if new) and run its trials until it holds its total of
-    finished trials, in ``--workers`` processes (default: one per visible GPU, else one)."""
+    finished trials, in ``--workers`` processes (default: one per visible GPU, else one). With
+    [model] candidates: join, in turn, each candidate's study that `study` created after its screen."""
     console = console or Console(highlight=False, soft_wrap=True)
-    return work(resolve(options, load_spec(spec_path or default_spec_path())), console)
+    spec = load_spec(spec_path or default_spec_path())
+    if spec.model.candidates is not None:
+        return ScreenedOutcome(None, [work(s, console) for s in studied_candidates(options, spec)])
+    return work(resolve(options, spec), console)
 
 
 def work(settings: Settings, console: Console) -> WorkerOutcome:
@@ -130,22 +145,19 @@ def work_in_process(settings: Settings) -> None:
 def make_report(spec_paths: list[Path], options: Options, console: Console | None = None) -> ReportOutcome:
     """Confirm and report each study (default: studies/vader-minilm.toml); several specs, or a
     folder of them, also get one table across them, with report.json as a list, in ``--out``
-    (default reports/). Every input is checked, for every study, before anything is written."""
+    (default reports/). A spec with [model] candidates stands for its candidates' studies in the
+    study DB. Every input is checked, for every study, before anything is written."""
     console = console or Console(highlight=False, soft_wrap=True)
     quiet_libraries()
-    named = spec_paths or [default_spec_path()]
-    paths = spec_files(named)
     with signals_interrupt():
-        if len(named) == 1 and not named[0].is_dir():
-            settings = resolve(options, load_spec(paths[0]))
+        several, table = report_settings(spec_paths or [default_spec_path()], options)
+        if not table:
+            settings = several[0]
             _check_report_inputs(settings)
             report, tracker = _report_one(settings, console)
             return ReportOutcome([report], _where(settings, settings.out, tracker), several=False)
         out = options.out or Path("reports")
         check_report_folder(out, summary=True)
-        several = [
-            resolve(dataclasses.replace(options, out=out / s.study.name), s) for s in map(load_spec, paths)
-        ]
         for settings in several:
             _check_report_inputs(settings)
         # every study's data and weights checked (and loaded once) before any report

@@ -11,7 +11,9 @@ from rich.markup import escape
 
 from sweeper.redact import redact
 from sweeper.report import Report
+from sweeper.report.screen import kept_text
 from sweeper.report.summary import render_summary_text
+from sweeper.screen import ScreenResult
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,39 @@ class ReportOutcome:
         return head + self.where.lines()
 
 
-Outcome = StudyOutcome | WorkerOutcome | ReportOutcome
+@dataclass(frozen=True)
+class ScreenedOutcome:
+    """A spec with [model] candidates: the screen (`study`; none where `worker` joined the studies
+    it kept) and the outcome of each kept candidate's study."""
+
+    screen: ScreenResult | None
+    outcomes: list[StudyOutcome | WorkerOutcome]
+
+    def lines(self) -> list[str]:
+        # the ranking was printed before the studies ran; each report opens with it
+        kept = ", ".join(c.study for c in self.screen.kept) if self.screen is not None else ""
+        head = [f"\nscreen: kept {kept} of {len(self.screen.ranking)} candidates"] if kept else []
+        return head + [line for outcome in self.outcomes for line in outcome.lines()]
+
+
+Outcome = StudyOutcome | WorkerOutcome | ReportOutcome | ScreenedOutcome
+
+
+def screen_lines(screen: ScreenResult) -> list[str]:
+    """The screen's ranking as the terminal shows it: one line per candidate, best probe first."""
+    lines = [
+        f"\n[bold]screen: {len(screen.ranking)} candidates in {screen.seconds:.1f} s, ranked by the "
+        f"linear probe (balanced accuracy on val, chance {1 / screen.num_classes:.3f}); "
+        f"{kept_text(screen.keep)}[/bold]"
+    ]
+    for rank, c in enumerate(screen.ranking, 1):
+        lines.append(
+            f"  {rank}. {escape(c.candidate)}{'' if c.pretrained else ' (not pretrained)'}: probe "
+            f"{c.probe:.4f}, LogME {c.logme:.4f}, {c.seconds:.1f} s"
+            + (f"  -> study {c.study}" if c.kept else "")
+        )
+    agree = "in the same order" if screen.logme_agrees else "in another order: the probe decides"
+    return lines + [f"  LogME ranks them {agree}"]
 
 
 def _decision_lines(report: Report) -> list[str]:

