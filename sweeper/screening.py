@@ -15,7 +15,7 @@ from sweeper.cache import PrefixCache
 from sweeper.errors import UserError
 from sweeper.outcomes import ScreenedOutcome, StudyOutcome, screen_lines
 from sweeper.proxy_client import check_proxy, is_proxy_url
-from sweeper.reachable import check_tracking_store, study_exists
+from sweeper.reachable import check_tracking_store, storage_url, study_exists
 from sweeper.redact import redact
 from sweeper.report import spec_files
 from sweeper.screen import screen
@@ -30,7 +30,12 @@ def study_screened(
     """Screen the spec's candidates, then run ``study_one`` (the `study` command on one study) on
     the settings of each kept candidate, in rank order, with the screen to record on its study."""
     settings = resolve(options, spec)
-    check_tracking_store(settings.tracking_uri)  # before the screen's minutes, not after them
+    # the stores' addresses before the screen's minutes, not after them
+    check_tracking_store(settings.tracking_uri)
+    if is_proxy_url(settings.storage):
+        check_proxy(settings.storage)
+    else:
+        storage_url(settings.storage)  # one that is no database URL is refused
     cache = PrefixCache(settings.cache_dir) if settings.cache_dir is not None else None
     console.print(f"screen: {len(spec.model.candidates)} candidates on their frozen features")
     result = screen(spec, settings.device, cache, console.print)

@@ -105,3 +105,20 @@ def test_worker_and_report_find_the_candidates_studies_the_db_holds_directly_or_
             server.stop(0).wait()
     assert [settings.spec.study.name for settings in found] == [KEPT]
     assert found[0].spec.model.weights == "DEFAULT" and found[0].out == Path("reports") / KEPT
+
+
+def test_a_study_of_candidates_with_a_storage_url_that_is_no_url_is_refused_before_the_screen(
+    workdir, capsys
+):
+    spec = write_spec(workdir, model={"name": None, "candidates": CANDIDATES})
+    code, out = _run(["study", str(spec), "--storage", "my-db"], capsys)
+    assert code == 2 and "is not a database URL" in out and "screen:" not in out
+    assert sorted(p.name for p in workdir.iterdir()) == ["tiny.csv", "tiny.toml"]
+
+
+@pytest.mark.slow
+def test_a_candidate_that_does_not_load_is_refused_by_name_and_nothing_is_written(workdir, capsys):
+    spec = write_spec(workdir, model={"name": None, "candidates": [MINILM, "no-such-org/no-such-model"]})
+    code, out = _run(["study", str(spec)], capsys)
+    assert code == 2 and "[model] name is 'no-such-org/no-such-model'" in out and "Traceback" not in out
+    assert sorted(p.name for p in workdir.iterdir()) == ["tiny.csv", "tiny.toml"]
