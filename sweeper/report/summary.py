@@ -14,7 +14,7 @@ def summary_rows(reports: list[Report]) -> list[tuple[str, ...]]:
         rows.append(
             (
                 r.study,
-                strategy_name(r.decision),
+                _decision(r),
                 f"{number(r.gain, '{:+.4f}')} {interval_text(r.gain_ci)}",
                 number(r.cost_ratio, "{:.1f}x"),
                 (r.matrix.quadrant if r.matrix else None) or "–",
@@ -25,6 +25,14 @@ def summary_rows(reports: list[Report]) -> list[tuple[str, ...]]:
             )
         )
     return rows
+
+
+def _decision(report: Report) -> str:
+    """The decision, with the method where fine-tuning was picked among several."""
+    arm = report.fine_tuning
+    if report.decision == "fine_tuning" and report.compares_methods and arm and arm.method:
+        return f"{strategy_name(report.decision)} ({arm.method})"
+    return strategy_name(report.decision)
 
 
 SUMMARY_HEADER = ("study", "decision", "gain [95% interval]", "cost ratio", "quadrant", "matrix", "evidence")

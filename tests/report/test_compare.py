@@ -13,6 +13,7 @@ from sweeper.confirm import arm_trials
 from sweeper.report import build_report
 from sweeper.report.method_plots import method_plots
 from sweeper.report.render import render_html, render_markdown
+from sweeper.report.summary import summary_rows
 from sweeper.spec import load_spec
 from tests.conftest import write_spec
 from tests.report.studies import DATASET, LABELS, PROBE, make_runs, make_study
@@ -118,6 +119,17 @@ def test_a_study_of_one_method_reads_as_before_and_several_get_a_section_and_a_p
     assert "unfreeze (picked)" in render_html(several, [])
     [plot] = method_plots(several)
     assert plot.name == "by_method.png" and plot.png.startswith(b"\x89PNG")
+
+
+def test_the_table_across_studies_names_the_method_picked_only_where_methods_were_compared(spec):
+    one = _confirmed(spec, [0.80] * 3, [0.90, 0.905, 0.895], [0.70] * 3, [0.70] * 3, TRIALS[:3])
+    several = _confirmed(spec, [0.80] * 3, [0.86, 0.865, 0.855], [0.90, 0.905, 0.895], [0.84] * 3)
+    kept = _confirmed(spec, [0.90] * 3, [0.80] * 3, [0.80] * 3, [0.80] * 3)
+    assert [row[1] for row in summary_rows([one, several, kept])] == [
+        "fine tuning",
+        "fine tuning (lora)",
+        "feature extraction",
+    ]
 
 
 @pytest.mark.slow
