@@ -15,6 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweeper.budget import ArmBudget
 from sweeper.identity import StudyIdentity, record_or_check
+from sweeper.pruning import make_pruner
 from sweeper.records import (
     FEATURE_EXTRACTION,
     FINE_TUNING,
@@ -25,7 +26,7 @@ from sweeper.records import (
     worker_id,
 )
 from sweeper.recovery import name_the_trial_being_claimed, reap_stale_trials
-from sweeper.search_space import baseline_configs, max_total_epochs, optuna_params
+from sweeper.search_space import baseline_configs, optuna_params
 from sweeper.spec import Spec
 from sweeper.storage import StudyLock
 
@@ -34,18 +35,6 @@ log = logging.getLogger(__name__)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # failures in a row after which a worker gives up: its setup is broken, not one trial
 FAILURES_IN_A_ROW_LIMIT = 3
-
-
-def make_pruner(spec: Spec) -> optuna.pruners.BasePruner:
-    if spec.budget.pruner == "none":
-        return optuna.pruners.NopPruner()
-    if spec.budget.pruner == "median":
-        # a trial is judged at a step only against 3 others there: else the first fine-tuning trial
-        # to reach a step (the strong full fine-tuning baseline) would prune every later one
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1, n_min_trials=3)
-    return optuna.pruners.HyperbandPruner(
-        min_resource=1, max_resource=max_total_epochs(spec.search), reduction_factor=3
-    )
 
 
 def open_study(

@@ -17,9 +17,8 @@ from sweeper.interrupts import Interrupted
 from sweeper.records import TrialAttr, worker_id
 from sweeper.recovery import fail_trials_of_workers
 from sweeper.settings import Options
-from sweeper.spec import load_spec
 from sweeper.storage import StudyLock, make_storage
-from sweeper.study import FINISHED, make_pruner, run_trials
+from sweeper.study import FINISHED, run_trials
 from sweeper.tracking import StudyTracker
 from sweeper.trial import make_objective
 from tests.conftest import runtime_for, write_spec
@@ -102,18 +101,6 @@ def test_a_changed_search_space_is_refused_and_nothing_is_added(workdir, trackin
     assert "[search] head_lr was [0.001, 0.01], now [0.0001, 0.01]" in str(caught.value)
     assert "new value" in str(caught.value)
     assert len(_study(workdir).trials) == before
-
-
-@pytest.mark.parametrize(
-    ("name", "kind"),
-    [
-        ("none", optuna.pruners.NopPruner),
-        ("median", optuna.pruners.MedianPruner),
-        ("hyperband", optuna.pruners.HyperbandPruner),
-    ],
-)
-def test_the_spec_pruner_setting_picks_the_optuna_pruner(tmp_path, name, kind):
-    assert isinstance(make_pruner(load_spec(write_spec(tmp_path, budget={"pruner": name}))), kind)
 
 
 @pytest.mark.slow
