@@ -24,6 +24,7 @@ from sweeper.report.compare import (
     cheapest,
     method_gains,
     method_points,
+    methods_not_completed,
     methods_note,
     picked_arm,
     picked_gain,
@@ -174,7 +175,12 @@ def _compared(study, spec: Spec, arms: dict, gains: dict, picked: str, confirmed
     sign = 1.0 if spec.study.direction == "maximize" else -1.0
     points = method_points(study, arms, gains, picked, sign)
     name, why = cheapest(points, f"{'test' if confirmed else 'val'}_{spec.study.metric}")
-    return {"methods": points, "cheapest_method": name, "cheapest_reason": why}
+    return {
+        "methods": points,
+        "cheapest_method": name,
+        "cheapest_reason": why,
+        "methods_not_completed": methods_not_completed(study, points),
+    }
 
 
 def _completeness(study: optuna.Study, spec: Spec) -> dict:

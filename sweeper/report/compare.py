@@ -89,6 +89,16 @@ def method_points(
     return _mark_fronts(points, sign > 0)
 
 
+def methods_not_completed(
+    study: optuna.Study, points: tuple[MethodPoint, ...]
+) -> tuple[tuple[str, int], ...]:
+    """Each method that ran fine-tuning trials but completed none (pruned or failed), with its
+    trials: it has no configuration to confirm, and the report says so rather than leave it out."""
+    trials = Counter(method_of(t) for t in study.get_trials(deepcopy=False) if strategy_of(t) == FINE_TUNING)
+    shown = {point.method for point in points}
+    return tuple((method, n) for method, n in sorted(trials.items()) if method not in shown)
+
+
 def _point(method: str, arm: Arm, trials: int) -> MethodPoint:
     return MethodPoint(
         method, arm.trial, arm.value, arm.trainable_params, arm.ship_bytes, arm.device_seconds, trials

@@ -65,6 +65,15 @@ def cheapest_line(report: Report) -> str:
     return f"cheapest method within the best's interval: {name or '–'} ({report.cheapest_reason or '–'})"
 
 
+def not_completed_lines(report: Report) -> list[str]:
+    """A line per method that ran without completing a trial: nothing of it was confirmed."""
+    return [
+        f"{method}: {trials} trial{'s' if trials != 1 else ''}, none completed (pruned or failed), so "
+        'no configuration of it to confirm; give the study more trials, or set [budget] pruner = "none"'
+        for method, trials in report.methods_not_completed
+    ]
+
+
 def methods_markdown(report: Report) -> list[str]:
     """The section in Markdown; nothing when the study ran one method."""
     if not report.compares_methods:
@@ -72,4 +81,8 @@ def methods_markdown(report: Report) -> list[str]:
     header = method_header(report)
     lines = ["## Fine-tuning methods", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in method_rows(report)]
-    return lines + ["", f"**{cheapest_line(report)}**", "", f"_{FRONT_NOTE}_", ""]
+    lines += ["", f"**{cheapest_line(report)}**", ""]
+    lines += [f"- {line}" for line in not_completed_lines(report)] + (
+        [""] if report.methods_not_completed else []
+    )
+    return lines + [f"_{FRONT_NOTE}_", ""]

@@ -229,12 +229,16 @@ class Report:
     methods: tuple[MethodPoint, ...] = ()  # feature extraction first, then each method that ran
     cheapest_method: str | None = None  # the cheapest method within the best's 95% interval
     cheapest_reason: str | None = None  # the line that says so, or why none is named
+    # methods that ran without a completed trial (all pruned or failed): (method, trials), nothing
+    # of theirs to confirm
+    methods_not_completed: tuple[tuple[str, int], ...] = ()
     screen: Screen | None = None  # the candidate screen that kept this study ([model] candidates)
 
     @property
     def compares_methods(self) -> bool:
         """More than one fine-tuning method ran: the report compares them."""
-        return sum(point.method != "feature_extraction" for point in self.methods) > 1
+        tuned = sum(point.method != "feature_extraction" for point in self.methods)
+        return tuned + len(self.methods_not_completed) > 1
 
     @property
     def split(self) -> str:
@@ -280,6 +284,7 @@ class Report:
             "methods": [point.to_json() for point in self.methods],
             "cheapest_method": self.cheapest_method,
             "cheapest_reason": self.cheapest_reason,
+            "methods_not_completed": [{"method": m, "trials": n} for m, n in self.methods_not_completed],
         }
         return data if self.screen is None else {"screen": self.screen.to_json(), **data}
 

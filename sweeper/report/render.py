@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import html
 
-from sweeper.report.methods import FRONT_NOTE, cheapest_line, method_header, method_rows, methods_markdown
+from sweeper.report.methods import (
+    FRONT_NOTE,
+    cheapest_line,
+    method_header,
+    method_rows,
+    methods_markdown,
+    not_completed_lines,
+)
 from sweeper.report.model import ArmConfirmation, Report
 from sweeper.report.screen import screen_html, screen_markdown
 from sweeper.report.text import interval_text, number, strategy_name
@@ -272,7 +279,9 @@ def render_html(report: Report, images: list[ImageRow]) -> str:
         parts += [
             "<h2>Fine-tuning methods</h2>",
             _table(method_rows(report), method_header(report)),
-            f"<p><b>{esc(cheapest_line(report))}</b></p><p class='note'>{esc(FRONT_NOTE)}</p>",
+            f"<p><b>{esc(cheapest_line(report))}</b></p>",
+            *(f"<p>{esc(line)}</p>" for line in not_completed_lines(report)),
+            f"<p class='note'>{esc(FRONT_NOTE)}</p>",
         ]
     if matrix_rows(report):
         parts += ["<h2>Decision matrix</h2>", _table(matrix_rows(report))]

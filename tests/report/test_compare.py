@@ -121,6 +121,41 @@ def test_a_study_of_one_method_reads_as_before_and_several_get_a_section_and_a_p
     assert plot.name == "by_method.png" and plot.png.startswith(b"\x89PNG")
 
 
+def test_a_method_with_no_completed_trial_is_named_in_the_section_not_left_out(spec):
+    # layer_decay ran two trials, both pruned: unfreeze and lora are compared, layer_decay is named
+    pruned = [(b, v, s, m, p) for b, v, s, m, p in TRIALS if m != "layer_decay"]
+    study = make_study("maximize", pruned)
+    for value in (0.84, 0.83):
+        _add_pruned(study, "layer_decay", value)
+    report = build_report(study, spec, DATASET, None, PROBE, LABELS)
+    assert [p.method for p in report.methods] == ["feature_extraction", "lora", "unfreeze"]
+    assert report.methods_not_completed == (("layer_decay", 2),)
+    line = "layer_decay: 2 trials, none completed (pruned or failed)"
+    assert line in render_markdown(report) and line in render_html(report, [])
+    assert report.to_json()["methods_not_completed"] == [{"method": "layer_decay", "trials": 2}]
+    # one method completed beside one that did not: still a comparison, with its line
+    alone = make_study("maximize", [t for t in pruned if t[3] == "unfreeze"])
+    _add_pruned(alone, "lora", 0.8)
+    assert build_report(alone, spec, DATASET, None, PROBE, LABELS).compares_methods
+
+
+def _add_pruned(study, method: str, value: float) -> None:
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+    from optuna.trial import TrialState, create_trial
+
+    study.add_trial(
+        create_trial(
+            state=TrialState.PRUNED,
+            params={"unfrozen_blocks": 2, "method": method},
+            distributions={
+                "unfrozen_blocks": IntDistribution(0, 6),
+                "method": CategoricalDistribution(["unfreeze", "lora", "layer_decay"]),
+            },
+            intermediate_values={0: value - 0.05, 1: value},
+        )
+    )
+
+
 def test_the_table_across_studies_names_the_method_picked_only_where_methods_were_compared(spec):
     one = _confirmed(spec, [0.80] * 3, [0.90, 0.905, 0.895], [0.70] * 3, [0.70] * 3, TRIALS[:3])
     several = _confirmed(spec, [0.80] * 3, [0.86, 0.865, 0.855], [0.90, 0.905, 0.895], [0.84] * 3)

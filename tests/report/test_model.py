@@ -2,7 +2,7 @@
 keys absent (not null) until the test split confirmed. Since issue 11 ``gain_ci`` is one interval
 for both noise sources (``gain_ci_seeds`` and ``gain_ci_test_examples`` went), and the sequential
 confirmation and the study's completeness have keys of their own; since issue 13 the methods
-comparison adds ``methods``, ``cheapest_method`` and ``cheapest_reason``, each arm its
+comparison adds ``methods``, ``cheapest_method``, ``cheapest_reason`` and ``methods_not_completed``, each arm its
 ``trainable_params`` and ``ship_bytes``, and the fine-tuning arm its ``method``."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ TOP = {
     "confidence", "seeds", "conclusive", "stopped", "decision_interval", "decision_confidence",
     "seed_share", "complete", "trials_note", "cost_ratio", "gain_per_device_hour",
     "cost", "matrix", "forgetting", "reason", "metric", "direction", "min_gain", "evidence", "plots",
-    "dropped_examples", "methods", "cheapest_method", "cheapest_reason",
+    "dropped_examples", "methods", "cheapest_method", "cheapest_reason", "methods_not_completed",
 }  # fmt: skip
 ARM = {
     "trial", "params", "mlflow_run_id", "search_value", "value", "device_seconds", "wall_seconds",
