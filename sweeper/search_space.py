@@ -75,13 +75,24 @@ _PRACTICE_LR_RATIO = geometric_mid(0.01, 0.1)
 
 
 def baseline_configs(search: SearchSection) -> list[TrialConfig]:
-    """The first trial of each arm: pure feature extraction and full fine-tuning at the
-    practice's ratio (within the space)."""
+    """The first trials of each arm: pure feature extraction, then full fine-tuning at the
+    practice's ratio (within the space) with each method the space lists, staged unfreezing
+    first. Every method so gets one trial with sensible settings, run before the pruner has three
+    completed fine-tuning trials to judge by: a method is never left without a completed trial
+    because TPE drew it twice at bad settings."""
     head_lr = geometric_mid(*bounds(search.head_lr))
     low_blocks, high_blocks = bounds(search.unfrozen_blocks)
-    feature_extraction = TrialConfig(0, head_lr, bounds(search.head_epochs)[1])
+    configs = []
+    if low_blocks == 0:
+        configs.append(TrialConfig(0, head_lr, bounds(search.head_epochs)[1]))
+    if high_blocks > 0:
+        methods = sorted(search.methods, key=lambda method: method != UNFREEZE)
+        configs += [_full_fine_tuning(search, head_lr, method) for method in methods]
+    return configs
+
+
+def _full_fine_tuning(search: SearchSection, head_lr: float, method: str) -> TrialConfig:
     low_ratio, high_ratio = bounds(search.lr_ratio)
-    method = UNFREEZE if UNFREEZE in search.methods else search.methods[0]
     own = {
         LORA: {
             "lora_rank": round(geometric_mid(*bounds(search.lora_rank))),
@@ -89,8 +100,8 @@ def baseline_configs(search: SearchSection) -> list[TrialConfig]:
         },
         LAYER_DECAY: {"lr_decay": sum(bounds(search.lr_decay)) / 2},
     }.get(method, {})
-    full_fine_tuning = TrialConfig(
-        high_blocks,
+    return TrialConfig(
+        bounds(search.unfrozen_blocks)[1],
         head_lr,
         bounds(search.head_epochs)[0],
         lr_ratio=None if method == LORA else min(max(_PRACTICE_LR_RATIO, low_ratio), high_ratio),
@@ -99,12 +110,6 @@ def baseline_configs(search: SearchSection) -> list[TrialConfig]:
         method=method,
         **own,
     )
-    configs = []
-    if low_blocks == 0:
-        configs.append(feature_extraction)
-    if high_blocks > 0:
-        configs.append(full_fine_tuning)
-    return configs
 
 
 def max_total_epochs(search: SearchSection) -> int:

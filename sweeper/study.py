@@ -72,6 +72,8 @@ def open_study(
         if not study.trials:
             separate = ArmBudget.of(spec).separate
             for config in baseline_configs(spec.search):
+                # fine-tuning's are queued when its arm starts (`ArmQueue`); any a budget leaves
+                # waiting run first when the study is continued
                 if not (separate and config.strategy == FINE_TUNING):
                     _enqueue_baseline(study, config, spec.search)
     return study
@@ -142,7 +144,7 @@ class ArmQueue:
         if sum(arm_of(t) == FEATURE_EXTRACTION for t in claimed) < self.arms.fe_trials:
             return FEATURE_EXTRACTION
         if not study.user_attrs.get(StudyAttr.FT_BASELINE_QUEUED):
-            for config in baseline_configs(self.search):
+            for config in baseline_configs(self.search):  # one per method
                 if config.strategy == FINE_TUNING:
                     _enqueue_baseline(study, config, self.search)
             study.set_user_attr(StudyAttr.FT_BASELINE_QUEUED, True)

@@ -113,11 +113,21 @@ def test_the_method_is_drawn_only_for_fine_tuning_and_only_where_several_are_lis
     assert TrialConfig.from_params(trial.params) == config and config.method == "layer_decay"
 
 
-def test_the_fine_tuning_baseline_is_staged_unfreezing_where_listed_else_the_first_method():
-    _, tuned = baseline_configs(SearchSection(method=("layer_decay", "unfreeze")))
-    assert tuned.method == "unfreeze" and tuned.lr_decay is None
+def test_each_listed_method_has_a_full_fine_tuning_baseline_staged_unfreezing_first():
+    _, unfreeze, decay = baseline_configs(SearchSection(method=("layer_decay", "unfreeze")))
+    assert unfreeze.method == "unfreeze" and unfreeze.lr_decay is None
+    assert decay.method == "layer_decay" and decay.lr_decay == pytest.approx(0.775)
+    # the same blocks, head and stages for each: only the method and its own parameters differ
+    assert (decay.unfrozen_blocks, decay.head_lr, decay.stage_epochs, decay.lr_ratio) == (
+        unfreeze.unfrozen_blocks,
+        unfreeze.head_lr,
+        unfreeze.stage_epochs,
+        unfreeze.lr_ratio,
+    )
     _, tuned = baseline_configs(SearchSection(method="layer_decay", lr_decay=(0.6, 0.9)))
     assert tuned.method == "layer_decay" and tuned.lr_decay == pytest.approx(0.75)
+    _, lora = baseline_configs(SearchSection(method=("lora",), lora_rank=(4, 16)))
+    assert lora.lora_rank == 8 and lora.lr_ratio is None
 
 
 def test_a_lora_trial_draws_its_rank_and_alpha_and_no_lr_ratio():

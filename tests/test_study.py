@@ -58,6 +58,20 @@ def test_feature_extraction_is_tuned_first_on_its_own_budget_then_fine_tuning_ge
 
 
 @pytest.mark.slow
+def test_each_searched_method_opens_the_fine_tuning_arm_with_a_completed_baseline(workdir, tracking_uri):
+    spec = write_spec(
+        workdir,
+        search={"method": ["layer_decay", "lora", "unfreeze"], "lora_rank": [2, 8]},
+        budget={"trials": 3, "fe_trials": 1, "pruner": "median"},
+    )
+    run_study(spec, _options(workdir, tracking_uri))
+    tuned = [t for t in _study(workdir).trials if t.params["unfrozen_blocks"] > 0]
+    # every method's baseline runs (unfreeze first) and completes: the pruner waits for three
+    assert [t.params["method"] for t in tuned] == ["unfreeze", "layer_decay", "lora"]
+    assert all(t.state == TrialState.COMPLETE and t.user_attrs["sweeper.baseline"] for t in tuned)
+
+
+@pytest.mark.slow
 def test_study_runs_the_baselines_first_then_continues_to_the_total_without_duplicates(workdir, tracking_uri):
     spec = write_spec(workdir)
     run_study(spec, _options(workdir, tracking_uri, trials=2))
