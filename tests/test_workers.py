@@ -168,6 +168,8 @@ def _kill_one_mid_trial(study: optuna.Study, workers: list[subprocess.Popen]) ->
                 workers[index].wait()
                 return index, trial.number
             workers[index].send_signal(signal.SIGCONT)
+        if all(worker.poll() is not None for worker in workers):
+            raise AssertionError("the workers ended the study before one was seen mid-trial")
         time.sleep(0.05)
     raise AssertionError("no worker was ever seen mid-trial")
 
@@ -176,9 +178,10 @@ def _kill_one_mid_trial(study: optuna.Study, workers: list[subprocess.Popen]) ->
 def test_a_worker_killed_mid_trial_is_replaced_and_the_study_still_ends_exact(
     workdir, tracking_uri, storage_url, tiny_bert
 ):
-    # trials of 10+ epochs (a few tenths of a second): long enough to be caught running with
-    # their MLflow run
-    spec = _spec(workdir, tiny_bert, trials=6, head_epochs=10, stage_epochs=3)
+    # trials of 40+ epochs: long enough to be caught running with their MLflow run (with 10, on a
+    # quiet machine with a warm cache, two workers ended all 6 trials within a second, between
+    # two looks of the test)
+    spec = _spec(workdir, tiny_bert, trials=6, head_epochs=40, stage_epochs=3)
     env = _env(workdir, storage_url, tracking_uri)
     workers = [_sweeper("worker", str(spec), "--workers", "1", env=env, cwd=workdir) for _ in range(2)]
     try:
