@@ -178,10 +178,11 @@ def _kill_one_mid_trial(study: optuna.Study, workers: list[subprocess.Popen]) ->
 def test_a_worker_killed_mid_trial_is_replaced_and_the_study_still_ends_exact(
     workdir, tracking_uri, storage_url, tiny_bert
 ):
-    # trials of 40+ epochs: long enough to be caught running with their MLflow run (with 10, on a
-    # quiet machine with a warm cache, two workers ended all 6 trials within a second, between
-    # two looks of the test)
-    spec = _spec(workdir, tiny_bert, trials=6, head_epochs=40, stage_epochs=3)
+    # trials of 400+ epochs: long enough to be caught running with their MLflow run id on the
+    # trial (it lands when the writer process has created the run; with 10 or 40 epochs, on a
+    # quiet machine with a warm cache, two workers ended all 6 trials within a second or two,
+    # the ids landing late, and no trial was seen running with its id)
+    spec = _spec(workdir, tiny_bert, trials=6, head_epochs=400, stage_epochs=3)
     env = _env(workdir, storage_url, tracking_uri)
     workers = [_sweeper("worker", str(spec), "--workers", "1", env=env, cwd=workdir) for _ in range(2)]
     try:
