@@ -12,12 +12,11 @@ fine-tuning trials alone; among them the median rule is Optuna's, unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Container, Sequence
-
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
-from sweeper.records import FINE_TUNING, strategy_of
+from sweeper.arm_study import ArmStudy
+from sweeper.records import FINE_TUNING
 from sweeper.search_space import max_total_epochs
 from sweeper.spec import Spec
 
@@ -53,22 +52,4 @@ class FineTuningOnly(optuna.pruners.BasePruner):
         self.pruner = pruner
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        return self.pruner.prune(_FineTuningTrials(study), trial)
-
-
-class _FineTuningTrials:
-    """What a percentile pruner reads of a study (its direction and its trials), with the
-    feature-extraction trials left out."""
-
-    def __init__(self, study: optuna.Study) -> None:
-        self._study = study
-
-    @property
-    def direction(self) -> optuna.study.StudyDirection:
-        return self._study.direction
-
-    def get_trials(
-        self, deepcopy: bool = True, states: Container[TrialState] | None = None
-    ) -> Sequence[FrozenTrial]:
-        trials = self._study.get_trials(deepcopy=deepcopy, states=states)
-        return [t for t in trials if strategy_of(t) == FINE_TUNING]
+        return self.pruner.prune(ArmStudy(study, FINE_TUNING), trial)

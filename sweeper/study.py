@@ -13,6 +13,7 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
+from sweeper.arm_study import ArmStudy, arm_of
 from sweeper.budget import ArmBudget
 from sweeper.identity import StudyIdentity, record_or_check
 from sweeper.pruning import make_pruner
@@ -95,25 +96,8 @@ class ArmSampler(optuna.samplers.TPESampler):
 
     def sample_independent(self, study, trial, param_name, param_distribution):
         arm = trial.user_attrs.get(TrialAttr.ARM)
-        view = _ArmStudy(study, arm) if arm is not None else study
+        view = ArmStudy(study, arm) if arm is not None else study
         return super().sample_independent(view, trial, param_name, param_distribution)
-
-
-class _ArmStudy(optuna.study.Study):
-    """The study as one arm's trials."""
-
-    def __init__(self, study: optuna.Study, arm: Strategy) -> None:
-        # the study itself, filtered: no lookups of its id and directions at every suggestion, and
-        # its per-trial cache of the trials (one read per trial, as TPE has on the study)
-        vars(self).update(vars(study))
-        self._arm = arm
-
-    def _get_trials(self, deepcopy=True, states=None, use_cache=False) -> list[FrozenTrial]:
-        trials = super()._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
-        return [t for t in trials if arm_of(t) == self._arm]
-
-    def get_trials(self, deepcopy=True, states=None) -> list[FrozenTrial]:
-        return self._get_trials(deepcopy=deepcopy, states=states)
 
 
 def _enqueue_baseline(study: optuna.Study, config, search) -> None:
@@ -149,15 +133,6 @@ class ArmQueue:
                     _enqueue_baseline(study, config, self.search)
             study.set_user_attr(StudyAttr.FT_BASELINE_QUEUED, True)
         return FINE_TUNING
-
-
-def arm_of(trial: FrozenTrial) -> Strategy | None:
-    """The arm a trial was claimed for, else the strategy of its parameters."""
-    if TrialAttr.ARM in trial.user_attrs:
-        return trial.user_attrs[TrialAttr.ARM]
-    if "unfrozen_blocks" in trial.params:
-        return strategy_for(trial.params["unfrozen_blocks"])
-    return None
 
 
 def _existing_trial_count(storage, name: str) -> int:
