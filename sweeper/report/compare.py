@@ -64,12 +64,17 @@ def picked_gain(confirmation: Mapping[str, list[dict]], spec: Spec, test_labels)
     return method_gains(confirmation, spec, test_labels)[picked_arm(confirmation, spec)]
 
 
+def fine_tuning_trials_by_method(study: optuna.Study) -> Counter[str]:
+    """How many fine-tuning trials each method ran (any state)."""
+    return Counter(method_of(t) for t in study.get_trials(deepcopy=False) if strategy_of(t) == FINE_TUNING)
+
+
 def method_points(
     study: optuna.Study, arms: Mapping[str, Arm | None], gains: Mapping[str, Gain], picked: str, sign: float
 ) -> tuple[MethodPoint, ...]:
     """Feature extraction, then each method by name: value, cost, gain and Pareto fronts. Before
     confirmation, ``gains`` is empty and the gains are the search's (no interval)."""
-    trials = Counter(method_of(t) for t in study.get_trials(deepcopy=False) if strategy_of(t) == FINE_TUNING)
+    trials = fine_tuning_trials_by_method(study)
     fe = arms.get(FEATURE_EXTRACTION)
     points = [_point(FEATURE_EXTRACTION, fe, fe.trials)] if fe else []
     best = gains.get(picked)
@@ -94,7 +99,7 @@ def methods_not_completed(
 ) -> tuple[tuple[str, int], ...]:
     """Each method that ran fine-tuning trials but completed none (pruned or failed), with its
     trials: it has no configuration to confirm, and the report says so rather than leave it out."""
-    trials = Counter(method_of(t) for t in study.get_trials(deepcopy=False) if strategy_of(t) == FINE_TUNING)
+    trials = fine_tuning_trials_by_method(study)
     shown = {point.method for point in points}
     return tuple((method, n) for method, n in sorted(trials.items()) if method not in shown)
 
