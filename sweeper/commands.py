@@ -27,6 +27,7 @@ from sweeper.identity import StudyIdentity
 from sweeper.identity import check as check_identity
 from sweeper.interrupts import signals_interrupt
 from sweeper.outcomes import (
+    CommandInterrupted,
     Outcome,
     ReportInterrupted,
     ReportNotRecorded,
@@ -67,6 +68,7 @@ def run_study(
     trials, here or in ``--workers`` processes, then write the search-only report. With [model]
     candidates: screen them first, then run a study of each one kept (`screening`)."""
     console = console or Console(highlight=False, soft_wrap=True)
+    quiet_libraries()
     spec = load_spec(spec_path or default_spec_path())
     if spec.model.candidates is not None:
         return study_screened(spec, options, console, lambda settings: _study(settings, console))
@@ -102,6 +104,7 @@ def run_worker(
     finished trials, in ``--workers`` processes (default: one per visible GPU, else one). With
     [model] candidates: join, in turn, each candidate's study that `study` created after its screen."""
     console = console or Console(highlight=False, soft_wrap=True)
+    quiet_libraries()
     spec = load_spec(spec_path or default_spec_path())
     if spec.model.candidates is not None:
         return ScreenedOutcome(None, [work(s, console) for s in studied_candidates(options, spec)])
@@ -299,10 +302,10 @@ def exit_code(command: Callable[[], Outcome], console: Console) -> int:
     except (TrialsKeepFailing, WorkersStopped, ProxyLost) as exc:
         console.print(f"[red]stopped:[/red] {escape(redact(str(exc)))}")
         return 1
-    except KeyboardInterrupt as exc:  # `report` says what it kept; the others, what they ended
+    except KeyboardInterrupt as exc:  # `report` and the screen say what they kept; trials, what they ended
         ended = "running trials were marked failed and their runs ended"
         console.print(
-            f"[red]interrupted[/red]: {escape(str(exc) if isinstance(exc, ReportInterrupted) else ended)}"
+            f"[red]interrupted[/red]: {escape(str(exc) if isinstance(exc, CommandInterrupted) else ended)}"
         )
         return getattr(exc, "exit_code", 130)
     for line in outcome.lines():

@@ -129,8 +129,16 @@ def _decision_lines(report: Report) -> list[str]:
     return lines
 
 
-class ReportInterrupted(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM stopped `report`; the message says what was kept. Exit code 128 + signal."""
+class CommandInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped a command; the message says what was kept. Exit code 128 + signal."""
+
+    def __init__(self, kept: str, exit_code: int) -> None:
+        super().__init__(kept)
+        self.exit_code = exit_code
+
+
+class ReportInterrupted(CommandInterrupted):
+    """Ctrl-C or SIGTERM stopped `report`: the report written or not, the confirmation runs kept."""
 
     def __init__(self, out: Path, written: bool, exit_code: int) -> None:
         if written:
@@ -143,8 +151,7 @@ class ReportInterrupted(KeyboardInterrupt):
                 "the confirmation runs finished so far are kept in the study DB, and the next "
                 f"`report` reuses them; nothing was written to {out}"
             )
-        super().__init__(kept)
-        self.exit_code = exit_code
+        super().__init__(kept, exit_code)
 
 
 class ReportNotRecorded(Exception):

@@ -13,12 +13,13 @@ from rich.console import Console
 
 from sweeper.cache import PrefixCache
 from sweeper.errors import UserError
-from sweeper.outcomes import ScreenedOutcome, StudyOutcome, screen_lines
+from sweeper.interrupts import signals_interrupt
+from sweeper.outcomes import CommandInterrupted, ScreenedOutcome, StudyOutcome, screen_lines
 from sweeper.proxy_client import check_proxy, is_proxy_url
 from sweeper.reachable import check_tracking_store, storage_url, study_exists
 from sweeper.redact import redact
-from sweeper.report import spec_files
-from sweeper.screen import screen
+from sweeper.report import check_report_folder, spec_files
+from sweeper.screen import ScreenResult, screen
 from sweeper.settings import Options, Settings, resolve, resolve_candidates
 from sweeper.spec import Spec, load_spec
 from sweeper.storage import make_storage
@@ -30,22 +31,37 @@ def study_screened(
     """Screen the spec's candidates, then run ``study_one`` (the `study` command on one study) on
     the settings of each kept candidate, in rank order, with the screen to record on its study."""
     settings = resolve(options, spec)
-    # the stores' addresses before the screen's minutes, not after them
+    studies = {s.spec.study.name: s for s in resolve_candidates(options, spec)}
+    # the stores' addresses and the report folders before the screen's minutes, not after them
     check_tracking_store(settings.tracking_uri)
     if is_proxy_url(settings.storage):
         check_proxy(settings.storage)
     else:
         storage_url(settings.storage)  # one that is no database URL is refused
-    cache = PrefixCache(settings.cache_dir) if settings.cache_dir is not None else None
+    for candidate in studies.values():
+        check_report_folder(candidate.out)
     console.print(f"screen: {len(spec.model.candidates)} candidates on their frozen features")
-    result = screen(spec, settings.device, cache, console.print)
-    del cache  # its states in memory; the kept studies read the disk entries
+    result = _screened(spec, settings, console)
     for line in screen_lines(result):
         console.print(line)
-    studies = {s.spec.study.name: s for s in resolve_candidates(options, spec)}
     recorded = result.to_json()
     outcomes = [study_one(dataclasses.replace(studies[c.study], screen=recorded)) for c in result.kept]
     return ScreenedOutcome(result, outcomes)
+
+
+def _screened(spec: Spec, settings: Settings, console: Console) -> ScreenResult:
+    """The screen, which a Ctrl-C or SIGTERM stops with a message of its own: it writes nothing
+    but cache entries, so nothing is left half-made (no study exists yet)."""
+    cache = PrefixCache(settings.cache_dir) if settings.cache_dir is not None else None
+    with signals_interrupt():
+        try:
+            return screen(spec, settings.device, cache, console.print)
+        except KeyboardInterrupt as exc:
+            raise CommandInterrupted(
+                "the screen was stopped before it ranked the candidates; no study was started "
+                "(the frozen features it computed stay in the cache for the next screen)",
+                getattr(exc, "exit_code", 130),
+            ) from None
 
 
 def studied_candidates(options: Options, spec: Spec) -> list[Settings]:

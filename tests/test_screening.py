@@ -5,14 +5,21 @@ holds none."""
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import signal
 from pathlib import Path
 
 import optuna
 import pytest
+from rich.console import Console
 
+from sweeper import interrupts
 from sweeper.cli import main
+from sweeper.commands import exit_code, run_study
 from sweeper.records import StudyAttr
+from sweeper.settings import Options
 from tests.conftest import MINILM, write_spec
 
 CANDIDATES = [MINILM, {"name": MINILM, "weights": "none"}]
@@ -40,6 +47,7 @@ def test_a_spec_with_two_candidates_and_keep_1_runs_end_to_end_and_its_report_op
     stores = ["--storage", f"sqlite:///{workdir / 'sweeper.db'}", "--tracking-uri", tracking_uri]
     code, out = _run(["study", str(spec), *stores], capsys)
     assert code == 0, out
+    assert "Loading weights" not in out  # transformers' progress bars are quieted before the screen
     # the ranking is printed before the study of the kept candidate starts
     assert out.index(f"1. {MINILM}: probe") < out.index(f"study {KEPT}: 0/2 trials finished")
     assert f"2. {MINILM} (weights none) (not pretrained)" in out
@@ -114,6 +122,57 @@ def test_a_study_of_candidates_with_a_storage_url_that_is_no_url_is_refused_befo
     code, out = _run(["study", str(spec), "--storage", "my-db"], capsys)
     assert code == 2 and "is not a database URL" in out and "screen:" not in out
     assert sorted(p.name for p in workdir.iterdir()) == ["tiny.csv", "tiny.toml"]
+
+
+def test_a_study_of_candidates_with_an_out_that_is_a_file_is_refused_before_the_screen(workdir, capsys):
+    spec = write_spec(workdir, model={"name": None, "candidates": CANDIDATES})
+    (workdir / "taken").write_text("the user's own file")
+    code, out = _run(["study", str(spec), "--out", "taken"], capsys)
+    assert code == 2 and "taken is a file, not a folder" in out and "screen:" not in out
+    assert sorted(p.name for p in workdir.iterdir()) == ["taken", "tiny.csv", "tiny.toml"]
+
+
+class _SignalAtTheFirstScore(io.StringIO):
+    """A console's file that sends this process a real SIGTERM when the screen prints its first
+    candidate's score: the signal arrives mid-screen, before the second candidate is scored."""
+
+    sent = False
+
+    def write(self, text: str) -> int:
+        if "balanced accuracy" in text and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGTERM)
+        return super().write(text)
+
+
+class _NotCaughtBySweeper(Exception):
+    pass
+
+
+def _unexpected(signum, frame):
+    raise _NotCaughtBySweeper("sweeper had no handler of its own for the signal during the screen")
+
+
+def test_a_signal_during_the_screen_says_no_study_was_started_and_exits_128_plus_its_number(
+    workdir, monkeypatch
+):
+    # the request to stop sticks for the process's life (it exits); this test process goes on
+    monkeypatch.setattr(interrupts, "_received", [])
+    spec = write_spec(workdir, model={"name": None, "candidates": CANDIDATES})
+    printed = _SignalAtTheFirstScore()
+    console = Console(file=printed, highlight=False, soft_wrap=True)
+    before = signal.signal(signal.SIGTERM, _unexpected)  # never the test runner's death
+    try:
+        code = exit_code(lambda: run_study(spec, Options(), console), console)
+        assert signal.getsignal(signal.SIGTERM) is _unexpected  # the command's handlers end with it
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert printed.sent and code == 128 + signal.SIGTERM
+    assert "interrupted: the screen was stopped before it ranked the candidates; no study was started" in (
+        printed.getvalue()
+    )
+    assert "running trials were marked failed" not in printed.getvalue()
+    assert "sweeper.db" not in {p.name for p in workdir.iterdir()}
 
 
 @pytest.mark.slow

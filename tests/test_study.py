@@ -199,7 +199,9 @@ class _InterruptedAsOptunaCreatesTheTrial(optuna.samplers.RandomSampler):
 
 def test_an_interrupt_before_the_objective_leaves_no_trial_running_unowned(tmp_path):
     storage = make_storage(f"sqlite:///{tmp_path / 'sweeper.db'}")
-    study = optuna.create_study(study_name="s", storage=storage, sampler=_InterruptedAsOptunaCreatesTheTrial())
+    study = optuna.create_study(
+        study_name="s", storage=storage, sampler=_InterruptedAsOptunaCreatesTheTrial()
+    )
     lock = StudyLock(storage, "s")
     with pytest.raises(Interrupted):
         run_trials(study, lambda trial: 1.0, 3, lock, poll_seconds=0.01)

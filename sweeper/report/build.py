@@ -49,6 +49,7 @@ from sweeper.report.model import (
     StudyCost,
 )
 from sweeper.report.screen import screen_of
+from sweeper.report.text import command
 from sweeper.spec import Spec
 
 
@@ -133,7 +134,9 @@ def build_report(
     fe, ft = arms.get(FEATURE_EXTRACTION), arms.get(picked)
     missing = next((s for s, arm in ((FEATURE_EXTRACTION, fe), (FINE_TUNING, ft)) if arm is None), None)
     gain = None if missing else gains.get(picked) or _search_gain(fe, ft, spec)
-    decision, reason = decide(gain, missing, spec.decision.min_gain, metric)
+    decision, reason = decide(
+        gain, missing, spec.decision.min_gain, metric, command("report", spec.source_path)
+    )
     compared = _compared(study, spec, arms, gains, picked, confirmed)
     return Report(
         study=spec.study.name,
@@ -155,7 +158,7 @@ def build_report(
         metric_name=metric,
         direction=spec.study.direction,
         min_gain=spec.decision.min_gain,
-        evidence=_evidence(confirmed, confirmation, dataset),
+        evidence=_evidence(confirmed, confirmation, dataset, spec),
         dropped_examples=dataset.dropped if dataset else 0,
         **compared,
     )
@@ -174,7 +177,9 @@ def _compared(study, spec: Spec, arms: dict, gains: dict, picked: str, confirmed
     """The report's fields of the methods comparison (`compare`)."""
     sign = 1.0 if spec.study.direction == "maximize" else -1.0
     points = method_points(study, arms, gains, picked, sign)
-    name, why = cheapest(points, f"{'test' if confirmed else 'val'}_{spec.study.metric}")
+    name, why = cheapest(
+        points, f"{'test' if confirmed else 'val'}_{spec.study.metric}", command("report", spec.source_path)
+    )
     return {
         "methods": points,
         "cheapest_method": name,
@@ -196,8 +201,8 @@ def _completeness(study: optuna.Study, spec: Spec) -> dict:
 def _refuse_without_completed_trials(study: optuna.Study, spec: Spec) -> None:
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         raise UserError(
-            f"study {spec.study.name!r} has no completed trial yet; run `python -m sweeper study "
-            f"{spec.source_path}` first"
+            f"study {spec.study.name!r} has no completed trial yet; run "
+            f"{command('study', spec.source_path)} first"
         )
 
 
@@ -268,11 +273,11 @@ def _matrix(dataset: DatasetFacts | None, probe, decision: str, gain: Gain | Non
     )
 
 
-def _evidence(confirmed: bool, confirmation: dict, dataset: DatasetFacts | None) -> str:
+def _evidence(confirmed: bool, confirmation: dict, dataset: DatasetFacts | None, spec: Spec) -> str:
     if not confirmed:
         return (
             "search only: the best trial of each strategy, scored on the validation split that "
-            "picked it (biased upwards); `python -m sweeper report` confirms on the test split"
+            f"picked it (biased upwards); {command('report', spec.source_path)} confirms on the test split"
         )
     seeds = len(confirmation["fine_tuning"])
     examples = f" ({dataset.test_examples} examples)" if dataset else ""

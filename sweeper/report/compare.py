@@ -121,7 +121,7 @@ def _mark_fronts(points: list[MethodPoint], maximize: bool) -> tuple[MethodPoint
     )
 
 
-def cheapest(points: tuple[MethodPoint, ...], metric: str) -> tuple[str | None, str]:
+def cheapest(points: tuple[MethodPoint, ...], metric: str, report: str) -> tuple[str | None, str]:
     """The cheapest method within the best's 95% interval, and the line that says so (or why
     none is named): fewest trainable parameters, then fewest device-seconds per run."""
     tuned = [p for p in points if p.method != FEATURE_EXTRACTION]
@@ -131,7 +131,7 @@ def cheapest(points: tuple[MethodPoint, ...], metric: str) -> tuple[str | None, 
     if best.gain_ci is None:
         return None, (
             "the cheapest method within the best's interval needs confirmation runs (two seeds or "
-            "more, on the test split): run `python -m sweeper report`"
+            f"more, on the test split): run {report}"
         )
     within = [p for p in tuned if p.within_best]
     cheap = min(within, key=lambda p: (_or_inf(p.trainable_params), p.device_seconds))

@@ -111,8 +111,11 @@ def macro_f1(predicted: np.ndarray, truth: np.ndarray, classes: int) -> float:
     return float((2 * tp[present] / denominator[present]).mean()) if present.any() else 0.0
 
 
-def decide(gain: Gain | None, missing: str | None, min_gain: float, metric: str) -> tuple[str, str]:
-    """(decision, reason); the reason names the rule that decided."""
+def decide(
+    gain: Gain | None, missing: str | None, min_gain: float, metric: str, report: str
+) -> tuple[str, str]:
+    """(decision, reason); the reason names the rule that decided, and ``report`` is the command
+    that confirms it (or adds seeds) where it is provisional."""
     if missing == "fine_tuning":
         return (
             "feature_extraction",
@@ -130,17 +133,17 @@ def decide(gain: Gain | None, missing: str | None, min_gain: float, metric: str)
         sign = "≥" if verdict == "fine_tuning" else "<"
         return verdict, (
             f"provisional rule (search only: best validation trial of each arm, one run each): "
-            f"{shown} {sign} min_gain {min_gain:g}; run `python -m sweeper report` to confirm on the test split"
+            f"{shown} {sign} min_gain {min_gain:g}; run {report} to confirm on the test split"
         )
     if gain.look is None:
         return "feature_extraction", (
             f"rule: one confirmation seed gives no interval, and fine-tuning needs its lower bound "
-            f"≥ min_gain {min_gain:g} ({shown}); run `python -m sweeper report` to add seeds"
+            f"≥ min_gain {min_gain:g} ({shown}); run {report} to add seeds"
         )
-    return _read_look(gain, gain.look, min_gain, shown)
+    return _read_look(gain, gain.look, min_gain, shown, report)
 
 
-def _read_look(gain: Gain, look: Look, min_gain: float, shown: str) -> tuple[str, str]:
+def _read_look(gain: Gain, look: Look, min_gain: float, shown: str, report: str) -> tuple[str, str]:
     bounds = f"[{look.low:+.4f}, {look.high:+.4f}] at {look.confidence:.1%} (corrected for repeated looks)"
     where = f"{shown} over {gain.seeds} paired seeds, interval {bounds}"
     if look.verdict == "fine_tuning":
@@ -148,7 +151,7 @@ def _read_look(gain: Gain, look: Look, min_gain: float, shown: str) -> tuple[str
     if look.verdict == "more_seeds":
         return "feature_extraction", (
             f"provisional: confirmation is not finished ({where} straddles min_gain {min_gain:g}); "
-            "run `python -m sweeper report` to add seeds"
+            f"run {report} to add seeds"
         )
     if look.conclusive:
         return "feature_extraction", (

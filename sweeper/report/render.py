@@ -165,7 +165,7 @@ def matrix_rows(report: Report) -> list[tuple[str, str]]:
             f"{m.similarity}: probe score {number(m.probe_score, '{:.3f}')} "
             f"(0 = chance, 1 = perfect; similar from {t['similar_probe_score_from']})"
             if m.similarity
-            else "not measured yet: `python -m sweeper report` runs the probe",
+            else "not measured yet: the report that confirms (see the evidence line) runs the probe",
         ),
         ("quadrant", m.quadrant or "–"),
         ("the rule of thumb advises", m.advice or "–"),

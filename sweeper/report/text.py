@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 
@@ -27,3 +28,13 @@ def count(value: int | None) -> str:
         if value >= size:
             return f"{value / size:.3g}{unit}"
     return f"{value:,}"
+
+
+def command(verb: str, spec_path: Path) -> str:
+    """The command line that runs ``verb`` on this spec, quoted for a message: the spec's path
+    relative to the working folder when it lies under it (a user's spec need not be the default)."""
+    try:
+        shown = spec_path.relative_to(Path.cwd())
+    except ValueError:
+        shown = spec_path
+    return f"`python -m sweeper {verb} {shown}`"

@@ -17,6 +17,8 @@ from sweeper.report.decision import (
 )
 from sweeper.report.stats import GainEstimate
 
+REPORT = "`python -m sweeper report studies/mine.toml`"
+
 
 def _gain(value: float, se: float, seeds: int = 3, max_seeds: int = 8) -> Gain:
     estimate = GainEstimate(value, se, df=50.0, seeds=seeds, examples=1000, seed_share=0.5)
@@ -24,41 +26,42 @@ def _gain(value: float, se: float, seeds: int = 3, max_seeds: int = 8) -> Gain:
 
 
 def test_a_clear_win_picks_fine_tuning_at_the_first_look():
-    decision, reason = decide(_gain(0.05, 0.005), None, min_gain=0.01, metric="accuracy")
+    decision, reason = decide(_gain(0.05, 0.005), None, min_gain=0.01, metric="accuracy", report=REPORT)
     assert decision == "fine_tuning"
     assert reason.startswith("rule: the lower bound clears min_gain 0.01") and "over 3 paired seeds" in reason
 
 
 def test_a_gain_inside_the_noise_asks_for_more_seeds_then_ends_inconclusive():
     # the mean clears min_gain, but the corrected interval does not
-    pending = decide(_gain(0.02, 0.01), None, 0.01, "accuracy")
+    pending = decide(_gain(0.02, 0.01), None, 0.01, "accuracy", REPORT)
     assert pending[0] == "feature_extraction" and pending[1].startswith(
         "provisional: confirmation is not finished"
     )
-    decision, reason = decide(_gain(0.02, 0.01, seeds=8), None, 0.01, "accuracy")
+    decision, reason = decide(_gain(0.02, 0.01, seeds=8), None, 0.01, "accuracy", REPORT)
     assert decision == "feature_extraction"
     assert reason.startswith("inconclusive: after 8 seeds") and "straddles min_gain 0.01" in reason
 
 
 def test_a_loss_keeps_feature_extraction_and_says_so():
-    decision, reason = decide(_gain(-0.05, 0.01), None, min_gain=0.01, metric="accuracy")
+    decision, reason = decide(_gain(-0.05, 0.01), None, min_gain=0.01, metric="accuracy", report=REPORT)
     assert decision == "feature_extraction" and "fine-tuning cannot reach min_gain" in reason
 
 
 def test_one_seed_cannot_show_an_interval():
-    decision, reason = decide(Gain(0.2, seeds=1), None, 0.01, "accuracy")
+    decision, reason = decide(Gain(0.2, seeds=1), None, 0.01, "accuracy", REPORT)
     assert decision == "feature_extraction" and "one confirmation seed gives no interval" in reason
 
 
 def test_search_only_is_provisional_and_reads_the_point_gain():
-    decision, reason = decide(Gain(0.02), None, 0.01, "accuracy")
+    decision, reason = decide(Gain(0.02), None, 0.01, "accuracy", REPORT)
     assert decision == "fine_tuning" and reason.startswith("provisional rule")
-    assert decide(Gain(0.005), None, 0.01, "accuracy")[0] == "feature_extraction"
+    assert reason.endswith(f"run {REPORT} to confirm on the test split")  # the user's spec, named
+    assert decide(Gain(0.005), None, 0.01, "accuracy", REPORT)[0] == "feature_extraction"
 
 
 def test_a_missing_arm_decides_by_default():
-    assert decide(None, "fine_tuning", 0.01, "accuracy")[0] == "feature_extraction"
-    assert decide(None, "feature_extraction", 0.01, "accuracy")[0] == "fine_tuning"
+    assert decide(None, "fine_tuning", 0.01, "accuracy", REPORT)[0] == "feature_extraction"
+    assert decide(None, "feature_extraction", 0.01, "accuracy", REPORT)[0] == "fine_tuning"
 
 
 def test_the_gain_of_paired_runs_reads_every_seed_and_every_test_example():
