@@ -10,6 +10,7 @@ from torchvision import models as tvm
 from sweeper.backbones import to_block_model
 from sweeper.config import TrialConfig
 from sweeper.methods import METHODS, StagedUnfreezing, method_for
+from sweeper.methods.base import ship_bytes
 from sweeper.param_groups import build_param_groups, make_optimizer
 from sweeper.records import METHOD_NAMES
 from sweeper.stages import plan_stages
@@ -121,3 +122,16 @@ def test_one_training_step_of_each_method_moves_exactly_what_it_trains_in_every_
     assert not any(name.startswith(("stem.", f"blocks.{plan.cut - 1}.")) for name in trainable)
     if config.method == "lora":  # the adapters and the head, nothing pretrained
         assert trainable == {n for n, _ in model.named_parameters() if "lora_" in n or n.startswith("head.")}
+
+
+def test_ship_bytes_is_the_size_of_the_file_torch_save_writes_for_what_the_method_ships(tmp_path):
+    plan = plan_stages(4, unfrozen_blocks=2, blocks_per_stage=1, head_epochs=1, stage_epochs=1)
+    config = TrialConfig(2, 0.01, 1, 0.1, 1, 1)
+    for method in (cls(config) for cls in METHODS.values()):
+        model = to_block_model(tvm.resnet18(weights=None), 3)
+        method.apply_stage(model, plan, plan.stages[-1])
+        # each record of torch.save's zip carries the file's stem; a buffer's is "archive"
+        (tmp_path / method.name).mkdir()
+        path = tmp_path / method.name / "archive.pt"
+        torch.save({name: t.detach().cpu() for name, t in method.shipped(model, plan).items()}, path)
+        assert ship_bytes(method, model, plan) == path.stat().st_size, method.name
