@@ -18,7 +18,7 @@ from rich.console import Console
 from sweeper import interrupts
 from sweeper.cli import main
 from sweeper.commands import exit_code, run_study
-from sweeper.records import StudyAttr
+from sweeper.records import StudyAttr, TrialAttr
 from sweeper.settings import Options
 from tests.conftest import MINILM, write_spec
 
@@ -76,6 +76,33 @@ def test_a_spec_with_two_candidates_and_keep_1_runs_end_to_end_and_its_report_op
     # a worker on the same spec joins the kept study, which holds its whole budget already
     code, out = _run(["worker", str(spec), *stores], capsys)
     assert code == 0 and f"worker done: study {KEPT} holds 2/2 finished trials" in out, out
+
+
+@pytest.mark.slow
+def test_a_study_of_candidates_with_two_worker_processes_screens_once_and_runs_the_kept_study_in_both(
+    workdir, tracking_uri, capsys
+):
+    spec = write_spec(
+        workdir,
+        per_class=60,
+        model={"name": None, "candidates": CANDIDATES, "keep": 1},
+        search={"unfrozen_blocks": [0, 1]},
+        budget={"trials": 2, "fe_trials": 2},
+    )
+    database = f"sqlite:///{workdir / 'sweeper.db'}"
+    code, out = _run(
+        ["study", str(spec), "--storage", database, "--tracking-uri", tracking_uri, "--workers", "2"], capsys
+    )
+    assert code == 0, out
+    assert out.count("screen: 2 candidates on their frozen features") == 1  # the parent screens; the workers do not
+    assert optuna.get_all_study_names(database) == [KEPT]
+    study = optuna.load_study(study_name=KEPT, storage=database)
+    finished = [t for t in study.trials if t.state.is_finished()]
+    assert len(finished) == 4 and all(t.state != optuna.trial.TrialState.FAIL for t in finished)
+    # run by the worker processes, not by this one (host:pid)
+    assert all(not t.user_attrs[TrialAttr.WORKER].endswith(f":{os.getpid()}") for t in finished)
+    assert [row["study"] for row in study.user_attrs[StudyAttr.SCREEN]["ranking"]] == [KEPT, CONTROL]
+    assert (workdir / "reports" / KEPT / "report.json").is_file()
 
 
 @pytest.mark.parametrize("command", ["report", "worker"])
