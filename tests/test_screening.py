@@ -94,7 +94,8 @@ def test_a_study_of_candidates_with_two_worker_processes_screens_once_and_runs_t
         ["study", str(spec), "--storage", database, "--tracking-uri", tracking_uri, "--workers", "2"], capsys
     )
     assert code == 0, out
-    assert out.count("screen: 2 candidates on their frozen features") == 1  # the parent screens; the workers do not
+    # the parent screens; the workers do not
+    assert out.count("screen: 2 candidates on their frozen features") == 1
     assert optuna.get_all_study_names(database) == [KEPT]
     study = optuna.load_study(study_name=KEPT, storage=database)
     finished = [t for t in study.trials if t.state.is_finished()]
