@@ -134,9 +134,8 @@ def build_report(
     fe, ft = arms.get(FEATURE_EXTRACTION), arms.get(picked)
     missing = next((s for s, arm in ((FEATURE_EXTRACTION, fe), (FINE_TUNING, ft)) if arm is None), None)
     gain = None if missing else gains.get(picked) or _search_gain(fe, ft, spec)
-    decision, reason = decide(
-        gain, missing, spec.decision.min_gain, metric, command("report", spec.source_path)
-    )
+    rerun = command("report", spec.source_path)
+    decision, reason = decide(gain, missing, spec.decision.min_gain, metric, rerun)
     compared = _compared(study, spec, arms, gains, picked, confirmed)
     return Report(
         study=spec.study.name,
@@ -155,13 +154,20 @@ def build_report(
         matrix=_matrix(dataset, probe, decision, gain),
         forgetting=summarize_forgetting(study, trials.get(picked), confirmation.get(picked)),
         reason=reason + (methods_note(compared["methods"]) if gains and not missing else ""),
-        metric_name=metric,
-        direction=spec.study.direction,
-        min_gain=spec.decision.min_gain,
+        **_rule(spec),
         evidence=_evidence(confirmed, confirmation, dataset, spec),
         dropped_examples=dataset.dropped if dataset else 0,
         **compared,
     )
+
+
+def _rule(spec: Spec) -> dict:
+    """The report's fields of what the decision measures, and how."""
+    return {
+        "metric_name": spec.study.metric,
+        "direction": spec.study.direction,
+        "min_gain": spec.decision.min_gain,
+    }
 
 
 def _arms(study, spec: Spec, trials: dict, confirmation: dict, test_labels) -> tuple[dict, str, dict]:
