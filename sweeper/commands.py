@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import sys
-from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,7 +38,6 @@ from sweeper.outcomes import (
 )
 from sweeper.proxy_client import ProxyLost, proxy_lost
 from sweeper.reachable import check_tracking_store, study_exists
-from sweeper.records import Tag
 from sweeper.redact import redact
 from sweeper.report import (
     Report,
@@ -49,15 +47,14 @@ from sweeper.report import (
     write_report,
     write_summary,
 )
-from sweeper.report.build import elapsed_seconds
 from sweeper.runtime import Prepared, StudyRuntime, prepare
 from sweeper.screening import report_settings, studied_candidates, study_screened
-from sweeper.session import Session, open_session, quiet_libraries, run_here
+from sweeper.session import Session, open_session, quiet_libraries, run_here, summarize_on_parent_run
 from sweeper.settings import Options, Settings, default_spec_path, resolve
 from sweeper.spec import load_spec
 from sweeper.storage import StudyLock, make_storage
 from sweeper.study import TrialsKeepFailing, finished_trials
-from sweeper.tracking import StudyTracker
+from sweeper.tracking import StudyTracker, TrackingRefused
 from sweeper.workers import WorkersStopped, default_worker_count, run_workers, start_forkserver
 
 
@@ -119,7 +116,12 @@ def work(settings: Settings, console: Console) -> WorkerOutcome:
     # parallel workers must not draw the same random start-up parameters
     with open_session(settings, console, sampler_salt=os.getpid(), runs_trials=workers == 1) as session:
         _run_trials(session, workers, console)
-        _summarize_on_parent_run(session.tracker, session.study)
+        try:
+            summarize_on_parent_run(session.tracker, session.study)
+        except TrackingRefused as exc:  # the trials are done and in the study DB: a worker says so
+            console.print(
+                f"warning: MLflow did not record the study's figures on its parent run: {escape(str(exc))}"
+            )
         return WorkerOutcome(settings.spec.study.name, finished_trials(session.study), settings.trials)
 
 
@@ -260,27 +262,10 @@ def _record(report: Report, out: Path, study: optuna.Study, tracker: StudyTracke
         tracker.log_report(out)
     except OSError as exc:  # MLflow copies the folder into its artifact store, maybe on a full disk
         raise ReportNotRecorded(out, exc) from None
-    _summarize_on_parent_run(tracker, study, report)
-
-
-def _summarize_on_parent_run(
-    tracker: StudyTracker, study: optuna.Study, report: Report | None = None
-) -> None:
-    """The study's trial counts, elapsed time and decision on its parent run, so that the MLflow
-    runs table shows what the study stands for."""
-    trials = study.get_trials(deepcopy=False)
-    states = Counter(t.state.name.lower() for t in trials)
-    metrics = {f"trials_{state}": float(states.get(state, 0)) for state in ("complete", "pruned", "fail")}
-    metrics["trials_finished"] = metrics["trials_complete"] + metrics["trials_pruned"]
-    elapsed = elapsed_seconds(trials)
-    if elapsed is not None:
-        metrics["elapsed_seconds"] = elapsed
-    tags = {}
-    if report is not None:
-        tags = {Tag.DECISION: report.decision, Tag.CONFIRMED: str(report.confirmed).lower()}
-        if report.gain is not None:
-            metrics["gain"] = report.gain
-    tracker.summarize_study(metrics, tags)
+    try:
+        summarize_on_parent_run(tracker, study, report)
+    except TrackingRefused as exc:  # MLflow's database on a full disk, ...
+        raise ReportNotRecorded(out, str(exc)) from None
 
 
 def _where(settings: Settings, reports: Path, tracker: StudyTracker) -> Where:

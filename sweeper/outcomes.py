@@ -155,16 +155,20 @@ class ReportInterrupted(CommandInterrupted):
 
 
 class ReportNotRecorded(Exception):
-    """The report folder is written, but MLflow could not store its copy on the study's run (a
-    full or read-only disk under MLflow's artifacts). Exit code 1."""
+    """The report folder is written, but MLflow could not store its copy or its figures on the
+    study's run (a full or read-only disk under MLflow's artifacts or its database). Exit code 1."""
 
     exit_code = 1
 
-    def __init__(self, out: Path, error: OSError) -> None:
-        reason = error.strerror or str(error)
-        if error.errno in errno.errorcode:
-            reason += f" ({errno.errorcode[error.errno]})"
+    def __init__(self, out: Path, error: OSError | str) -> None:
+        if isinstance(error, OSError):
+            reason = error.strerror or str(error)
+            if error.errno in errno.errorcode:
+                reason += f" ({errno.errorcode[error.errno]})"
+            what = "its copy"
+        else:
+            reason, what = error, "its figures"
         super().__init__(
-            f"the report is in {out}, but MLflow could not store its copy on the study's run: "
+            f"the report is in {out}, but MLflow could not store {what} on the study's run: "
             f"{reason}. Free some space, then run `report` again (it trains nothing again)"
         )

@@ -4,6 +4,7 @@ the study lock and the MLflow records opened; and the loop that runs trials in t
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,8 +20,10 @@ from sweeper.mlflow_writer import ProcessWriter
 from sweeper.progress import Progress
 from sweeper.proxy_client import check_proxy, is_proxy_url
 from sweeper.reachable import check_tracking_store
-from sweeper.records import StudyAttr
+from sweeper.records import StudyAttr, Tag
 from sweeper.recovery import RunFailer, StaleTrialCallback, fail_my_last_trial
+from sweeper.report import Report
+from sweeper.report.build import elapsed_seconds
 from sweeper.runtime import Prepared, StudyRuntime, prepare
 from sweeper.settings import Settings
 from sweeper.storage import Heartbeat, StudyLock, make_storage
@@ -148,9 +151,30 @@ def quiet_libraries() -> None:
     """Only warnings from the libraries: sweeper prints its own progress."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+    # it logs each database error with a traceback, then raises it as an MlflowException, which
+    # sweeper reports in one line (a UserError, or a warning for a trial's run)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         transformers.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()
     except Exception:  # transformers is a dependency; its logging API may move
         pass
+
+
+def summarize_on_parent_run(tracker: StudyTracker, study: optuna.Study, report: Report | None = None) -> None:
+    """The study's trial counts, elapsed time and decision on its parent run, so that the MLflow
+    runs table shows what the study stands for."""
+    trials = study.get_trials(deepcopy=False)
+    states = Counter(t.state.name.lower() for t in trials)
+    metrics = {f"trials_{state}": float(states.get(state, 0)) for state in ("complete", "pruned", "fail")}
+    metrics["trials_finished"] = metrics["trials_complete"] + metrics["trials_pruned"]
+    elapsed = elapsed_seconds(trials)
+    if elapsed is not None:
+        metrics["elapsed_seconds"] = elapsed
+    tags = {}
+    if report is not None:
+        tags = {Tag.DECISION: report.decision, Tag.CONFIRMED: str(report.confirmed).lower()}
+        if report.gain is not None:
+            metrics["gain"] = report.gain
+    tracker.summarize_study(metrics, tags)

@@ -44,6 +44,10 @@ STATUS_OF_STATE = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 Writer = ProcessWriter | DirectWriter
 
 
+class TrackingRefused(Exception):
+    """MLflow's store refused a write of the study's own run; the message is its reason."""
+
+
 class StudyTracker:
     """The MLflow side of one study.
 
@@ -65,7 +69,7 @@ class StudyTracker:
             self.experiment_id = self._experiment_id()
         except MlflowException as exc:
             raise UserError(
-                f"MLflow tracking URI {redact(tracking_uri)} is not usable: {redact(str(exc))[:300]}"
+                f"MLflow tracking URI {redact(tracking_uri)} is not usable: {redact(_reason(exc))[:300]}"
             ) from None
         self._parent_run_id: str | None = None
         # its child starts with the first trial, unless the caller started it already
@@ -89,8 +93,11 @@ class StudyTracker:
             return found.experiment_id
         try:
             return self.client.create_experiment(self.study_name, tags={Tag.STUDY: self.study_name})
-        except MlflowException:  # another worker created it first
-            return self.client.get_experiment_by_name(self.study_name).experiment_id
+        except MlflowException:
+            found = self.client.get_experiment_by_name(self.study_name)
+            if found is None:  # not another worker first: the store refused it (a full disk, ...)
+                raise
+            return found.experiment_id
 
     @property
     def parent_run_id(self) -> str:
@@ -162,12 +169,15 @@ class StudyTracker:
         """The study's figures on its parent run, where the runs table shows their latest values;
         the run's end moves to now, so that its duration there is the study's so far."""
         now = int(time.time() * 1000)
-        self.client.log_batch(
-            self.parent_run_id,
-            metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
-            tags=[RunTag(k, redact(str(v))[:5000]) for k, v in tags.items()],
-        )
-        self.client.set_terminated(self.parent_run_id, "FINISHED", end_time=now)
+        try:
+            self.client.log_batch(
+                self.parent_run_id,
+                metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+                tags=[RunTag(k, redact(str(v))[:5000]) for k, v in tags.items()],
+            )
+            self.client.set_terminated(self.parent_run_id, "FINISHED", end_time=now)
+        except MlflowException as exc:  # e.g. a full disk under a SQLite store
+            raise TrackingRefused(redact(_reason(exc))[:300]) from None
 
     def runs_url(self, ui_address: str = "http://127.0.0.1:5000") -> str:
         return f"{ui_address}/#/experiments/{self.experiment_id}/runs"
@@ -293,3 +303,10 @@ def mark_run_failed(tracking_uri: str, run_id: str, reason: str) -> bool:
         return False
     TrialRun.existing(client, run_id).end("FAIL", reason=reason)
     return True
+
+
+def _reason(exc: Exception) -> str:
+    """The line of an MLflow store's error that says what went wrong (its SQL and SQLAlchemy's
+    notes left out)."""
+    lines = [line for line in str(exc).splitlines() if line.strip() and not line.startswith("(raised as")]
+    return lines[0] if lines else type(exc).__name__

@@ -16,6 +16,7 @@ from pathlib import Path
 import optuna
 import pytest
 from mlflow import MlflowClient
+from optuna.trial import TrialState
 from rich.console import Console
 
 from sweeper.commands import exit_code, make_report, run_study, run_worker
@@ -332,6 +333,54 @@ def test_a_full_disk_under_mlflow_s_artifacts_exits_1_saying_where_the_report_is
         said = "error: the report is in reports/tiny, but MLflow could not store its copy on the study's run"
         assert _ends(lambda: run_study(spec, Options(), Console(quiet=True)), said, "(ENOSPC)") == 1
         assert json.loads((disk / "reports" / "tiny" / "report.json").read_text())["study"] == "tiny"
+
+
+def _full_mlflow_database(disk: Path, template: Path | None = None) -> str:
+    """MLflow's SQLite store alone on ``disk`` (a copy of ``template``, else the one there), with
+    8 KiB left: its next rows do not fit."""
+    if template is not None:
+        shutil.copy(template, disk / "mlflow.db")
+    room = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+    (disk / "ballast").write_bytes(b"\0" * (room - 8 * 1024))
+    return f"sqlite:///{disk / 'mlflow.db'}"
+
+
+@pytest.mark.slow
+def test_a_full_disk_under_mlflow_s_database_refuses_a_new_study_in_one_line_and_creates_it_nowhere(
+    workdir, _mlflow_template, tiny_bert
+):
+    with tmpfs(workdir / "disk", size="4m") as disk:
+        tracking = _full_mlflow_database(disk, _mlflow_template)
+        spec = write_spec(workdir, model={"name": str(tiny_bert)}, budget={"trials": 2, "fe_trials": 1})
+        said = "is not usable: (sqlite3.OperationalError) database or disk is full"
+        assert _ends(lambda: run_study(spec, Options(tracking_uri=tracking), Console(quiet=True)), said) == 2
+        assert "tiny" not in optuna.get_all_study_names(f"sqlite:///{workdir / 'sweeper.db'}")
+
+
+@pytest.mark.slow
+def test_a_disk_that_fills_under_mlflow_s_database_fails_no_trial_and_exits_1_saying_where_the_report_is(
+    workdir, _mlflow_template, tiny_bert, caplog
+):
+    spec = write_spec(workdir, model={"name": str(tiny_bert)}, budget={"trials": 2, "fe_trials": 1})
+    with tmpfs(workdir / "disk", size="4m") as disk:
+        shutil.copy(_mlflow_template, disk / "mlflow.db")
+        options = Options(tracking_uri=f"sqlite:///{disk / 'mlflow.db'}")
+        assert _ends(lambda: run_study(spec, options, Console(quiet=True))) == 0  # the experiment exists
+        _full_mlflow_database(disk)  # the same store, now without room
+        said = (
+            "error: the report is in reports/tiny, but MLflow could not store its figures on the study's run: "
+            "(sqlite3.OperationalError) database or disk is full"
+        )
+        more = dataclasses.replace(options, trials=4)
+        with caplog.at_level("WARNING"):
+            assert _ends(lambda: run_study(spec, more, Console(quiet=True)), said) == 1
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{workdir / 'sweeper.db'}")
+    states = [t.state for t in study.trials]
+    assert (
+        len(states) == 5 and TrialState.FAIL not in states and TrialState.RUNNING not in states
+    )  # trained on
+    assert "MLflow did not record a trial's run" in caplog.text  # each trial's run: a warning
+    assert json.loads((workdir / "reports" / "tiny" / "report.json").read_text())["study"] == "tiny"
 
 
 @pytest.mark.slow
