@@ -264,6 +264,9 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="sweeper mlflow writer: %(levelname)s %(message)s")
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # a database error is logged there with a traceback, then raised: the answer carries it, and
+    # the training process warns once per run
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     requests = sys.stdin.buffer
     try:
         tracking_uri = pickle.load(requests)

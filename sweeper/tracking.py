@@ -274,7 +274,7 @@ class TrialRun:
     def _warn(self, exc: BaseException) -> None:
         if not self._warned:
             self._warned = True
-            log.warning("MLflow did not record a trial's run: %s", redact(str(exc))[:300])
+            log.warning("MLflow did not record a trial's run: %s", redact(_reason(exc))[:300])
 
 
 def _end_running_runs(client: MlflowClient, experiment_id: str, number: int, reason: str) -> int:
@@ -308,5 +308,5 @@ def mark_run_failed(tracking_uri: str, run_id: str, reason: str) -> bool:
 def _reason(exc: Exception) -> str:
     """The line of an MLflow store's error that says what went wrong (its SQL and SQLAlchemy's
     notes left out)."""
-    lines = [line for line in str(exc).splitlines() if line.strip() and not line.startswith("(raised as")]
+    lines = [line for line in str(exc).splitlines() if line.strip() and "(raised as a result of" not in line]
     return lines[0] if lines else type(exc).__name__

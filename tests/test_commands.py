@@ -379,7 +379,11 @@ def test_a_disk_that_fills_under_mlflow_s_database_fails_no_trial_and_exits_1_sa
     assert (
         len(states) == 5 and TrialState.FAIL not in states and TrialState.RUNNING not in states
     )  # trained on
-    assert "MLflow did not record a trial's run" in caplog.text  # each trial's run: a warning
+    # each trial's run: a warning, in one line
+    assert (
+        "MLflow did not record a trial's run: (sqlite3.OperationalError) database or disk is full"
+        in caplog.text
+    )
     assert json.loads((workdir / "reports" / "tiny" / "report.json").read_text())["study"] == "tiny"
 
 
