@@ -170,5 +170,5 @@ class ReportNotRecorded(Exception):
             reason, what = error, "its figures"
         super().__init__(
             f"the report is in {out}, but MLflow could not store {what} on the study's run: "
-            f"{reason}. Free some space, then run `report` again (it trains nothing again)"
+            f"{reason}. Free some space, then run `report` (the trials, and any confirmation runs made, are kept: none is trained again)"
         )
