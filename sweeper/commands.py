@@ -198,7 +198,7 @@ def _prepared_and_checked(settings: Settings, study: optuna.Study) -> Prepared:
     """The spec's model and data, loaded, and checked to be those the study's trials ran on (its
     identity): a report on other data or weights is refused before any confirmation run trains."""
     spec = settings.spec
-    prepared = prepare(spec, settings.device)
+    prepared = prepare(spec, settings.device, cache_dir=settings.cache_dir)
     check_identity(study, spec, StudyIdentity.of(spec, prepared.data.raw, prepared.pretrained))
     return prepared
 

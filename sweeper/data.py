@@ -3,6 +3,7 @@ examples into model inputs once per dataset (tokenization happens here, never pe
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from torch.utils.data import Dataset
 
 from sweeper.digests import digest, files_digests, sequence_digest, tensor_digest
 from sweeper.errors import UserError
-from sweeper.images import decodable_images
+from sweeper.images import DecodedRecord, decodable_images
 from sweeper.readers import TextRows, read_csv, read_jsonl
 from sweeper.spec import DataSection, Spec
 
@@ -68,9 +69,10 @@ def loader_for(spec: Spec) -> Loader:
     return found
 
 
-def load_raw(spec: Spec) -> RawData:
-    """The spec's examples and labels, checked: at least 2 classes, 3 examples of each."""
-    raw = loader_for(spec)(spec.data, spec)
+def load_raw(spec: Spec, cache_dir: Path | None = None) -> RawData:
+    """The spec's examples and labels, checked: image files that decode (`images`; those decoded
+    before, recorded in ``cache_dir``, are not decoded again), at least 2 classes, 3 examples of each."""
+    raw = _decodable(loader_for(spec)(spec.data, spec), spec, cache_dir)
     counts = np.bincount(raw.labels, minlength=len(raw.classes))
     if len(raw.classes) < 2:
         raise UserError(f"[data] {raw.description} has {len(raw.classes)} class; need at least 2")
@@ -81,6 +83,18 @@ def load_raw(spec: Spec) -> RawData:
             "needs at least 3 (one per split)"
         )
     return raw
+
+
+def _decodable(raw: RawData, spec: Spec, cache_dir: Path | None) -> RawData:
+    """Image files that do not decode refused by name, or dropped ([data] on_missing): for every
+    data kind that reads image files."""
+    if raw.modality != "image" or not raw.examples or not all(isinstance(e, str) for e in raw.examples):
+        return raw
+    root = spec.resolve(spec.data.path) if spec.data.path else Path.cwd()
+    record = DecodedRecord(cache_dir) if cache_dir is not None else None
+    drop = spec.data.on_missing == "drop"
+    files, labels, dropped = decodable_images(raw.examples, raw.labels, root, drop, record)
+    return dataclasses.replace(raw, examples=files, labels=labels, dropped=raw.dropped + dropped)
 
 
 def _labels_to_indices(values: list[Any]) -> tuple[list[int], list[str]]:
@@ -130,9 +144,8 @@ def _load_imagefolder(data: DataSection, spec: Spec) -> RawData:
         folder = ImageFolder(str(path))
     except (FileNotFoundError, RuntimeError) as exc:
         raise UserError(f"[data] path {path} is not an ImageFolder (one folder per class): {exc}") from None
-    samples, drop = folder.samples, data.on_missing == "drop"
-    files, labels, dropped = decodable_images([p for p, _ in samples], [t for _, t in samples], path, drop)
-    return RawData("image", files, labels, list(folder.classes), str(path), dropped)
+    files, labels = [p for p, _ in folder.samples], [t for _, t in folder.samples]
+    return RawData("image", files, labels, list(folder.classes), str(path))  # decoded by load_raw
 
 
 # VADER: mean human rating in [-4, 4]; the 3-class reading of DESIGN.md

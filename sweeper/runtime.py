@@ -7,6 +7,7 @@ import functools
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,12 +36,17 @@ class Prepared:
 
 
 def prepare(
-    spec: Spec, device: str, say: Say | None = None, labelled: tuple[RawData, Splits] | None = None
+    spec: Spec,
+    device: str,
+    say: Say | None = None,
+    labelled: tuple[RawData, Splits] | None = None,
+    cache_dir: Path | None = None,
 ) -> Prepared:
     """Load the data and the model, check them against the spec and pick the device: everything
-    a run needs before it trains. Raises UserError on bad input; writes nothing. ``labelled``:
-    the spec's `labelled_split`, where the caller has it already."""
-    raw, splits = labelled or labelled_split(spec)
+    a run needs before it trains. Raises UserError on bad input; writes nothing but the cache
+    folder's record of decoded images. ``labelled``: the spec's `labelled_split`, where the
+    caller has it already."""
+    raw, splits = labelled or labelled_split(spec, cache_dir)
     if say:
         say(f"data: {raw.description}, {len(raw.labels)} examples, {len(raw.classes)} classes")
     pretrained = load_pretrained(spec.model, spec.resolve, spec.data.image_size)
@@ -48,9 +54,10 @@ def prepare(
     return Prepared(spec, pretrained, encode(raw, pretrained), splits, pick_device(device))
 
 
-def labelled_split(spec: Spec) -> tuple[RawData, Splits]:
-    """The spec's examples and labels, and their split (no model needed)."""
-    raw = load_raw(spec)
+def labelled_split(spec: Spec, cache_dir: Path | None = None) -> tuple[RawData, Splits]:
+    """The spec's examples and labels, and their split (no model needed); ``cache_dir`` holds
+    the record of the image files decoded before (`images.DecodedRecord`)."""
+    raw = load_raw(spec, cache_dir)
     data = spec.data
     return raw, split_indices(raw.labels, data.val_fraction, data.test_fraction, spec.study.seed, raw.classes)
 

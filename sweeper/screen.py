@@ -88,7 +88,7 @@ def screen(spec: Spec, device: str, cache: PrefixCache | None, say: Say = lambda
     frozen-prefix cache entries."""
     started = time.perf_counter()
     specs = candidate_specs(spec)
-    labelled = labelled_split(specs[0])  # the data is every candidate's
+    labelled = labelled_split(specs[0], cache.directory if cache else None)  # the data is every candidate's
     scores = [_scored(candidate, device, cache, labelled, say) for candidate in specs]
     ranked = sorted(scores, key=lambda c: (-c.probe, -c.logme))  # sorted() keeps the spec's order on ties
     ranking = tuple(replace(c, kept=rank < spec.model.keep) for rank, c in enumerate(ranked))

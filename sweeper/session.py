@@ -68,7 +68,7 @@ def open_session(
     if runs_trials:
         writer.start()
     try:
-        prepared = prepare(spec, settings.device, console.print)
+        prepared = prepare(spec, settings.device, console.print, cache_dir=settings.cache_dir)
         heartbeat = Heartbeat.from_env()
         on_stale = StaleTrialCallback(RunFailer(settings.tracking_uri, spec.study.name), heartbeat)
         storage = make_storage(settings.storage, heartbeat, on_stale)

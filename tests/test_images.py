@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -15,9 +16,9 @@ from PIL import Image
 
 from sweeper.data import load_raw
 from sweeper.errors import UserError
-from sweeper.images import SHOWN, decodable_images, undecodable_images
+from sweeper.images import SHOWN, DecodedRecord, decodable_images, undecodable_images
 from sweeper.spec import load_spec
-from tests.conftest import _to_toml
+from tests.conftest import _to_toml, tmpfs
 
 
 def _image_bytes(seed: int, fmt: str, side: int = 16) -> bytes:
@@ -116,6 +117,54 @@ def test_the_progress_bar_stays_quiet_where_stderr_is_no_terminal(tmp_path, capf
     root = _image_folder(tmp_path / "images")
     undecodable_images(sorted(str(p) for p in root.rglob("*.png")))
     assert capfd.readouterr().err == ""
+
+
+def _break_keeping_its_stamp(path: Path) -> None:
+    """Garbage of the same size, with the file's modification time put back: to the record, the
+    same file as before."""
+    stat = path.stat()
+    path.write_bytes(b"\0" * stat.st_size)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_a_file_decoded_once_is_not_decoded_again_until_it_is_written(tmp_path):
+    root = _image_folder(tmp_path / "images")
+    spec = load_spec(_image_spec(tmp_path, root))
+    cache = tmp_path / "cache"
+    first = load_raw(spec, cache)
+    assert (cache / DecodedRecord.NAME).is_file()
+    victim = root / "cat" / "0.png"
+    _break_keeping_its_stamp(victim)
+    # recorded as decoded with this size and time: not decoded again (another process, a later command)
+    assert load_raw(spec, cache).examples == first.examples
+    # without the record, or once the file is written (a new time), it is decoded, and refused
+    with pytest.raises(UserError, match="cat/0.png"):
+        load_raw(spec)
+    os.utime(victim, ns=(victim.stat().st_atime_ns, victim.stat().st_mtime_ns + 1_000_000))
+    with pytest.raises(UserError, match="cat/0.png"):
+        load_raw(spec, cache)
+
+
+def test_a_file_that_did_not_decode_is_not_recorded(tmp_path):
+    root = _image_folder(tmp_path / "images")
+    broken = _add_broken_files(root)
+    spec = load_spec(_image_spec(tmp_path, root, on_missing="drop"))
+    cache = tmp_path / "cache"
+    assert load_raw(spec, cache).dropped == 3
+    assert load_raw(spec, cache).dropped == 3  # still found: only the files that decoded are recorded
+    with sqlite3.connect(cache / DecodedRecord.NAME) as db:
+        recorded = {row[0] for row in db.execute("SELECT path FROM decoded")}
+    assert len(recorded) == 8 and not {str(root / name) for name in broken} & recorded
+
+
+def test_a_cache_folder_that_cannot_hold_the_record_never_fails_the_loading(tmp_path, caplog):
+    root = _image_folder(tmp_path / "images")
+    _add_broken_files(root)
+    spec = load_spec(_image_spec(tmp_path, root, on_missing="drop"))
+    with tmpfs(tmp_path / "cache", size="64k", readonly=True) as cache, caplog.at_level("WARNING"):
+        raw = load_raw(spec, cache)
+    assert raw.dropped == 3 and len(raw.examples) == 8  # every image decoded, as without a record
+    assert caplog.text.count("record of decoded images") == 1 and "every image is decoded" in caplog.text
 
 
 @pytest.mark.slow
