@@ -5,7 +5,7 @@ Decoding runs in a thread pool (PIL releases the GIL while it decodes), with a p
 terminal. What cannot be decoded is refused with one UserError naming the files, or, where the spec
 says ``[data] on_missing = "drop"``, skipped, counted and logged. A :class:`DecodedRecord` in the
 cache folder remembers the files that decoded (by path, size and modification time), so that the
-workers of a machine and later commands decode each file once.
+workers and commands started after a check skip them (workers started together each decode).
 """
 
 from __future__ import annotations
