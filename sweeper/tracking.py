@@ -152,6 +152,7 @@ class StudyTracker:
             PENDING + uuid.uuid4().hex,
             Future(),
             params=[(k, str(v)) for k, v in params.items()],
+            named=f"trial {number}'s run",
         )
         created = self._writer.send("create", run.key, (self.experiment_id, f"trial-{number:03d}", tags))
         created.add_done_callback(functools.partial(run._on_created, on_created))
@@ -191,12 +192,19 @@ class TrialRun:
         key: the run's name for the writer, given before the run exists (its id once it does).
         ready: the run's id, or the future of it (``None`` if the run could not be created).
         params: written with the run's first metrics.
+        named: what a warning calls it ("trial 12's run").
     """
 
     def __init__(
-        self, writer: Writer, key: str, ready: str | Future, params: list[tuple[str, str]] | None = None
+        self,
+        writer: Writer,
+        key: str,
+        ready: str | Future,
+        params: list[tuple[str, str]] | None = None,
+        named: str = "a trial's run",
     ) -> None:
         self.key = key
+        self.named = named
         self._writer = writer
         self._ready = ready
         self._ended = False
@@ -209,7 +217,7 @@ class TrialRun:
     @classmethod
     def existing(cls, client: MlflowClient, run_id: str) -> TrialRun:
         """A run that exists already, written at once in this thread (errors are raised)."""
-        return cls(DirectWriter(client), run_id, run_id)
+        return cls(DirectWriter(client), run_id, run_id, named=f"run {run_id}")
 
     def created(self) -> str | None:
         """The run's id once it exists and ``on_created`` has run; ``None`` when it could not be
@@ -274,7 +282,7 @@ class TrialRun:
     def _warn(self, exc: BaseException) -> None:
         if not self._warned:
             self._warned = True
-            log.warning("MLflow did not record a trial's run: %s", redact(_reason(exc))[:300])
+            log.warning("MLflow did not record %s: %s", self.named, redact(_reason(exc))[:300])
 
 
 def _end_running_runs(client: MlflowClient, experiment_id: str, number: int, reason: str) -> int:

@@ -386,7 +386,7 @@ def test_a_disk_that_fills_under_mlflow_s_database_fails_no_trial_and_exits_1_sa
     )  # trained on
     # each trial's run: a warning, in one line
     assert (
-        "MLflow did not record a trial's run: (sqlite3.OperationalError) database or disk is full"
+        "MLflow did not record trial 3's run: (sqlite3.OperationalError) database or disk is full"
         in caplog.text
     )
     assert json.loads((workdir / "reports" / "tiny" / "report.json").read_text())["study"] == "tiny"
