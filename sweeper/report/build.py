@@ -136,7 +136,7 @@ def build_report(
     gain = None if missing else gains.get(picked) or _search_gain(fe, ft, spec)
     rerun = command("report", spec.source_path)
     decision, reason = decide(gain, missing, spec.decision.min_gain, metric, rerun)
-    compared = _compared(study, spec, arms, gains, picked, confirmed)
+    compared = _compared(study, spec, arms, gains, picked, confirmed, rerun)
     return Report(
         study=spec.study.name,
         decision=decision,
@@ -155,7 +155,7 @@ def build_report(
         forgetting=summarize_forgetting(study, trials.get(picked), confirmation.get(picked)),
         reason=reason + (methods_note(compared["methods"]) if gains and not missing else ""),
         **_rule(spec),
-        evidence=_evidence(confirmed, confirmation, dataset, spec),
+        evidence=_evidence(confirmed, confirmation, dataset, rerun),
         dropped_examples=dataset.dropped if dataset else 0,
         **compared,
     )
@@ -179,13 +179,11 @@ def _arms(study, spec: Spec, trials: dict, confirmation: dict, test_labels) -> t
     return arms, picked_arm(runs, spec), gains
 
 
-def _compared(study, spec: Spec, arms: dict, gains: dict, picked: str, confirmed: bool) -> dict:
-    """The report's fields of the methods comparison (`compare`)."""
+def _compared(study, spec: Spec, arms: dict, gains: dict, picked: str, confirmed: bool, rerun: str) -> dict:
+    """The report's fields of the methods comparison (`compare`); ``rerun`` confirms the study."""
     sign = 1.0 if spec.study.direction == "maximize" else -1.0
     points = method_points(study, arms, gains, picked, sign)
-    name, why = cheapest(
-        points, f"{'test' if confirmed else 'val'}_{spec.study.metric}", command("report", spec.source_path)
-    )
+    name, why = cheapest(points, f"{'test' if confirmed else 'val'}_{spec.study.metric}", rerun)
     return {
         "methods": points,
         "cheapest_method": name,
@@ -279,11 +277,11 @@ def _matrix(dataset: DatasetFacts | None, probe, decision: str, gain: Gain | Non
     )
 
 
-def _evidence(confirmed: bool, confirmation: dict, dataset: DatasetFacts | None, spec: Spec) -> str:
+def _evidence(confirmed: bool, confirmation: dict, dataset: DatasetFacts | None, rerun: str) -> str:
     if not confirmed:
         return (
             "search only: the best trial of each strategy, scored on the validation split that "
-            f"picked it (biased upwards); {command('report', spec.source_path)} confirms on the test split"
+            f"picked it (biased upwards); {rerun} confirms on the test split"
         )
     seeds = len(confirmation["fine_tuning"])
     examples = f" ({dataset.test_examples} examples)" if dataset else ""
