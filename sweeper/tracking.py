@@ -69,7 +69,7 @@ class StudyTracker:
             self.experiment_id = self._experiment_id()
         except MlflowException as exc:
             raise UserError(
-                f"MLflow tracking URI {redact(tracking_uri)} is not usable: {redact(_reason(exc))[:300]}"
+                f"MLflow tracking URI {redact(tracking_uri)} is not usable: {_reason(exc)}"
             ) from None
         self._parent_run_id: str | None = None
         # its child starts with the first trial, unless the caller started it already
@@ -178,7 +178,7 @@ class StudyTracker:
             )
             self.client.set_terminated(self.parent_run_id, "FINISHED", end_time=now)
         except MlflowException as exc:  # e.g. a full disk under a SQLite store
-            raise TrackingRefused(redact(_reason(exc))[:300]) from None
+            raise TrackingRefused(_reason(exc)) from None
 
     def runs_url(self, ui_address: str = "http://127.0.0.1:5000") -> str:
         return f"{ui_address}/#/experiments/{self.experiment_id}/runs"
@@ -282,7 +282,7 @@ class TrialRun:
     def _warn(self, exc: BaseException) -> None:
         if not self._warned:
             self._warned = True
-            log.warning("MLflow did not record %s: %s", self.named, redact(_reason(exc))[:300])
+            log.warning("MLflow did not record %s: %s", self.named, _reason(exc))
 
 
 def _end_running_runs(client: MlflowClient, experiment_id: str, number: int, reason: str) -> int:
@@ -315,6 +315,6 @@ def mark_run_failed(tracking_uri: str, run_id: str, reason: str) -> bool:
 
 def _reason(exc: Exception) -> str:
     """The line of an MLflow store's error that says what went wrong (its SQL and SQLAlchemy's
-    notes left out)."""
+    notes left out), redacted and cut to 300 characters: what sweeper's messages quote."""
     lines = [line for line in str(exc).splitlines() if line.strip() and "(raised as a result of" not in line]
-    return lines[0] if lines else type(exc).__name__
+    return redact(lines[0] if lines else type(exc).__name__)[:300]
