@@ -32,18 +32,24 @@ def _run(argv, capsys) -> tuple[int, str]:
     return code, out.out + out.err
 
 
-@pytest.mark.slow
-def test_a_spec_with_two_candidates_and_keep_1_runs_end_to_end_and_its_report_opens_with_the_ranking(
-    workdir, tracking_uri, capsys
-):
-    # 180 VADER words; one feature-extraction and one fine-tuning trial (the top block), 2 seeds
-    spec = write_spec(
+def _keep_the_best(workdir: Path, **budget) -> Path:
+    """A spec of the two candidates on 180 VADER words, keeping the best one, unfreezing at most
+    the top block, with this budget."""
+    return write_spec(
         workdir,
         per_class=60,
         model={"name": None, "candidates": CANDIDATES, "keep": 1},
         search={"unfrozen_blocks": [0, 1]},
-        budget={"trials": 1, "fe_trials": 1, "confirm_seeds": 2, "max_confirm_seeds": 2},
+        budget=budget,
     )
+
+
+@pytest.mark.slow
+def test_a_spec_with_two_candidates_and_keep_1_runs_end_to_end_and_its_report_opens_with_the_ranking(
+    workdir, tracking_uri, capsys
+):
+    # one feature-extraction and one fine-tuning trial (the top block), 2 seeds
+    spec = _keep_the_best(workdir, trials=1, fe_trials=1, confirm_seeds=2, max_confirm_seeds=2)
     stores = ["--storage", f"sqlite:///{workdir / 'sweeper.db'}", "--tracking-uri", tracking_uri]
     code, out = _run(["study", str(spec), *stores], capsys)
     assert code == 0, out
@@ -82,13 +88,7 @@ def test_a_spec_with_two_candidates_and_keep_1_runs_end_to_end_and_its_report_op
 def test_a_study_of_candidates_with_two_worker_processes_screens_once_and_runs_the_kept_study_in_both(
     workdir, tracking_uri, capsys
 ):
-    spec = write_spec(
-        workdir,
-        per_class=60,
-        model={"name": None, "candidates": CANDIDATES, "keep": 1},
-        search={"unfrozen_blocks": [0, 1]},
-        budget={"trials": 2, "fe_trials": 2},
-    )
+    spec = _keep_the_best(workdir, trials=2, fe_trials=2)
     database = f"sqlite:///{workdir / 'sweeper.db'}"
     code, out = _run(
         ["study", str(spec), "--storage", database, "--tracking-uri", tracking_uri, "--workers", "2"], capsys
